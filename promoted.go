@@ -1,0 +1,204 @@
+// Package promoted holds the small vocabulary every stage of a tenant move
+// shares: the tenant, the tables being moved, the changes read from the
+// source, the transactions they come in, and the Sink a stage hands its
+// output to. It imports no stage, and every stage imports only it, so the
+// data flows one way: snapshot and stream feed apply, apply feeds verify and
+// cutover.
+package promoted
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"github.com/jackc/pglogrepl"
+)
+
+// LSN is a position in the source's write-ahead log. Every acknowledgement,
+// resume point and fence marker is expressed as one, so it is the unit of
+// "how far has the target got".
+type LSN = pglogrepl.LSN
+
+// ParseLSN reads the X/Y text form PostgreSQL prints for pg_lsn.
+func ParseLSN(s string) (LSN, error) { return pglogrepl.ParseLSN(s) }
+
+// Tenant is the moving tenant's value of the tenant column, in the text form
+// PostgreSQL accepts as input for that column's type. It is kept as text so
+// that int, bigint, uuid and text tenant keys all travel the same way and are
+// only ever passed to PostgreSQL as a quoted literal or a parameter.
+type Tenant string
+
+// Column is one column of a moved table, as the stages need it: its name, its
+// type as SQL text, and whether the target must compute it itself.
+type Column struct {
+	Name string
+	// Type is format_type() of the column, schema-qualified for user types
+	// (it is rewritten to the target schema when the target DDL is made).
+	Type    string
+	TypeOID uint32
+	NotNull bool
+	// Generated columns are computed by the target: they are left out of
+	// COPY column lists, and pgoutput never sends them.
+	Generated bool
+	// Identity is 'a' (ALWAYS), 'd' (BY DEFAULT) or 0.
+	Identity byte
+	// BinaryUnsafe is true when COPY's binary format cannot carry the value
+	// between two databases (arrays or composites of user-defined types
+	// embed type OIDs that differ between databases).
+	BinaryUnsafe bool
+}
+
+// Table is one table of the tenant's data: where it lives on the source,
+// where it goes on the target, its columns and key, and how the tenant's
+// changes are filtered out of the shared change stream.
+type Table struct {
+	Schema       string
+	Name         string
+	TargetSchema string
+	TargetName   string
+	Columns      []Column
+	// PrimaryKey lists indexes into Columns, in key order.
+	PrimaryKey []int
+	// Tenant is the index of the tenant column in Columns.
+	Tenant int
+	// ServerFilter is true when the table's replica identity covers the
+	// tenant column, so the publication can carry a row filter. Otherwise the
+	// table is published unfiltered and the daemon filters (hazards.md 4.1).
+	ServerFilter bool
+	// ReplicaIdentity is pg_class.relreplident: 'd', 'f', 'i' or 'n'.
+	ReplicaIdentity byte
+	// EstimatedRows is the planner's estimate of the tenant's rows.
+	EstimatedRows int64
+	// EstimatedBytes is the planner's estimate of the tenant's row bytes.
+	EstimatedBytes int64
+}
+
+// String names the source table as schema.table, for errors and logs.
+func (t *Table) String() string { return t.Schema + "." + t.Name }
+
+// ColumnIndex returns the position of the named column, or -1.
+func (t *Table) ColumnIndex(name string) int {
+	for i, c := range t.Columns {
+		if c.Name == name {
+			return i
+		}
+	}
+	return -1
+}
+
+// ValueKind says how a column arrived in a change: with a value, as NULL, or
+// as "unchanged TOAST value, not sent" (pgoutput's 'u'), which must never be
+// written as NULL.
+type ValueKind uint8
+
+// The kinds of value a change can carry.
+const (
+	Null ValueKind = iota
+	Text
+	Unchanged
+)
+
+// Value is one column value as pgoutput's text format gives it: the exact
+// bytes the source's output function printed under pinned GUCs, passed to
+// the target verbatim as an untyped parameter so no precision is lost.
+type Value struct {
+	Kind ValueKind
+	Data []byte
+}
+
+// Row holds one value per column of its Table, in Table.Columns order.
+// Generated columns are always Unchanged.
+type Row []Value
+
+// Op is what a change does.
+type Op uint8
+
+// The operations a change stream carries.
+const (
+	Insert Op = iota + 1
+	Update
+	Delete
+	Truncate
+	// Message is a transactional pg_logical_emit_message with prefix
+	// "promoted": the cutover's fence marker.
+	Message
+)
+
+func (o Op) String() string {
+	switch o {
+	case Insert:
+		return "insert"
+	case Update:
+		return "update"
+	case Delete:
+		return "delete"
+	case Truncate:
+		return "truncate"
+	case Message:
+		return "message"
+	}
+	return fmt.Sprintf("op(%d)", uint8(o))
+}
+
+// Change is one row change of the moving tenant, already filtered and mapped
+// onto the planned table's columns.
+type Change struct {
+	Op    Op
+	Table *Table
+	// Key identifies the row for Update and Delete: the old key when the key
+	// changed, else the key of New. Only the PrimaryKey positions are set.
+	Key Row
+	// New is the row after an Insert or Update.
+	New Row
+	// Lenient is set for tables filtered by the daemon, whose stream cannot
+	// say whether the target holds the row: an Update of a missing row is an
+	// insert (the row entered the tenant) and a Delete of a missing row is a
+	// no-op. For server-filtered tables a missing row is divergence and
+	// stops the move (hazards.md 8.3).
+	Lenient bool
+	// Content is the payload of a Message.
+	Content []byte
+}
+
+// Txn is one source transaction of the tenant, in commit order, or a leading
+// part of a large one.
+type Txn struct {
+	Xid        uint32
+	FinalLSN   LSN // LSN of the commit record (Begin.FinalLSN)
+	EndLSN     LSN // end of the commit record: the resume and acknowledge point
+	CommitTime time.Time
+	Changes    []Change
+	// Partial means Changes is only a leading part of the transaction; the
+	// rest follows in the next Txn with the same Xid. The sink must not make
+	// any of it durable before the last part arrives.
+	Partial bool
+}
+
+// Heartbeat reports whether the Txn carries no change and only says that
+// nothing of the tenant is pending before EndLSN, so the sink may record
+// EndLSN as its progress (idle tenants must still advance the slot,
+// hazards.md 5.3).
+func (t *Txn) Heartbeat() bool { return len(t.Changes) == 0 && !t.Partial && t.Xid == 0 }
+
+// Sink is where a stream delivers the tenant's transactions: a PostgreSQL
+// schema or database, or Kafka. Apply is called from one goroutine, in commit
+// order; Durable may be called from any goroutine.
+type Sink interface {
+	// Apply hands over the next transaction (or part). The sink may hold it
+	// in an open batch; only Flush or its own batching makes it durable.
+	Apply(ctx context.Context, txn *Txn) error
+	// Flush makes everything handed over so far durable.
+	Flush(ctx context.Context) error
+	// Durable is the EndLSN of the last transaction the sink has durably
+	// stored. It is the only position ever acknowledged to the source.
+	Durable() LSN
+}
+
+// RowFetcher reads the current value of one of the tenant's rows from the
+// source. A sink needs it when pgoutput sends an INSERT with unchanged TOAST
+// values (a row that entered the tenant through an UPDATE, hazards.md 3.2).
+type RowFetcher interface {
+	// FetchRow returns the source row with the given key if it still exists
+	// and belongs to the tenant.
+	FetchRow(ctx context.Context, t *Table, key Row) (Row, bool, error)
+}
