@@ -28,6 +28,20 @@ func ParseLSN(s string) (LSN, error) { return pglogrepl.ParseLSN(s) }
 // only ever passed to PostgreSQL as a quoted literal or a parameter.
 type Tenant string
 
+// SessionParams are the GUCs every session that reads or writes the
+// tenant's values as text runs with, on both sides (the walsender included),
+// so text means the same thing everywhere (hazards.md 1.9, 2.7).
+var SessionParams = map[string]string{
+	"DateStyle":                   "ISO, MDY",
+	"IntervalStyle":               "postgres",
+	"extra_float_digits":          "3",
+	"TimeZone":                    "UTC",
+	"bytea_output":                "hex",
+	"lc_monetary":                 "C",
+	"client_encoding":             "UTF8",
+	"standard_conforming_strings": "on",
+}
+
 // Column is one column of a moved table, as the stages need it: its name, its
 // type as SQL text, and whether the target must compute it itself.
 type Column struct {
@@ -71,6 +85,10 @@ type Table struct {
 	EstimatedRows int64
 	// EstimatedBytes is the planner's estimate of the tenant's row bytes.
 	EstimatedBytes int64
+	// TenantLiteral is the tenant value as the source prints the tenant
+	// column's type (so '042' and 42 compare equal), with pinned GUCs. The
+	// stream compares the tenant column's text against it.
+	TenantLiteral string
 }
 
 // String names the source table as schema.table, for errors and logs.
@@ -146,8 +164,12 @@ type Change struct {
 	Op    Op
 	Table *Table
 	// Key identifies the row for Update and Delete: the old key when the key
-	// changed, else the key of New. Only the PrimaryKey positions are set.
+	// changed, else the key of New. Only the KeyColumns positions are used.
 	Key Row
+	// KeyColumns are the columns of Key that identify the row: nil means
+	// Table.PrimaryKey; otherwise the replica identity columns, when an
+	// old-key tuple does not carry the whole primary key.
+	KeyColumns []int
 	// New is the row after an Insert or Update.
 	New Row
 	// Lenient is set for tables filtered by the daemon, whose stream cannot

@@ -1,0 +1,169 @@
+package apply
+
+import (
+	"context"
+	"fmt"
+
+	"github.com/jackc/pgx/v5/pgconn"
+
+	"github.com/promoted/promoted"
+)
+
+// change queues the statements for one change. Most changes are pipelined;
+// the few whose outcome decides the next statement (a row new to the target
+// that arrived with unchanged TOAST values) run synchronously, in order.
+func (p *Postgres) change(ctx context.Context, c *promoted.Change) error {
+	t := c.Table
+	switch c.Op {
+	case promoted.Message:
+		p.pendMark[string(c.Content)] = 0
+		return nil
+	case promoted.Insert:
+		if hasUnchanged(t, c.New) {
+			return p.refetchInsert(ctx, c, c.New)
+		}
+		cols := present(t, c.New, writable)
+		p.queue(p.sql.insert(t, cols), params(c.New, cols), check{c: c})
+	case promoted.Update:
+		key := keyCols(c)
+		if c.Lenient {
+			if hasUnchanged(t, c.New) {
+				return p.lenientUpdate(ctx, c)
+			}
+			if changedKey(t, c) {
+				p.queue(p.sql.delete(t, key), params(c.Key, key), check{c: c})
+			}
+			cols := present(t, c.New, writable)
+			p.queue(p.sql.upsert(t, cols), params(c.New, cols), check{c: c})
+			break
+		}
+		cols := present(t, c.New, settable)
+		p.queue(p.sql.update(t, cols, key), append(params(c.New, cols), params(c.Key, key)...), check{c: c, keyCols: key, exactOne: true})
+	case promoted.Delete:
+		key := keyCols(c)
+		p.queue(p.sql.delete(t, key), params(c.Key, key), check{c: c, keyCols: key, exactOne: !c.Lenient})
+	default:
+		return fmt.Errorf("apply: unexpected %s change", c.Op)
+	}
+	p.m.changes.WithLabelValues(c.Op.String()).Inc()
+	p.txChanges++
+	if len(p.checks) >= p.cfg.Pipeline {
+		return p.exec(ctx)
+	}
+	return nil
+}
+
+// lenientUpdate applies an update with unchanged TOAST values to a table
+// the daemon filters: update the row if the target has it, else the row
+// just entered the tenant and is inserted whole, re-read from the source.
+func (p *Postgres) lenientUpdate(ctx context.Context, c *promoted.Change) error {
+	if err := p.exec(ctx); err != nil {
+		return err
+	}
+	t := c.Table
+	key := keyCols(c)
+	cols := present(t, c.New, settable)
+	tag, err := p.execText(ctx, p.sql.update(t, cols, key), append(params(c.New, cols), params(c.Key, key)...))
+	if err != nil {
+		p.inTx = false
+		return fmt.Errorf("apply update to %s: %w", t, err)
+	}
+	p.m.changes.WithLabelValues(c.Op.String()).Inc()
+	p.txChanges++
+	if tag.RowsAffected() == 1 {
+		return nil
+	}
+	return p.refetchInsert(ctx, c, c.New)
+}
+
+// refetchInsert inserts a row the target lacks whose stream image has
+// unchanged TOAST values: pgoutput turned an UPDATE into an INSERT (the row
+// entered the tenant) and did not send the values. They are read from the
+// source now; never written as NULL (hazards.md 3.2). Later changes of the
+// row follow in the stream, so the row converges.
+func (p *Postgres) refetchInsert(ctx context.Context, c *promoted.Change, img promoted.Row) error {
+	if err := p.exec(ctx); err != nil {
+		return err
+	}
+	t := c.Table
+	if p.fetch == nil {
+		return fmt.Errorf("apply insert to %s %s: pgoutput sent unchanged TOAST values for a row new to the target and no source reader is configured", t, keyText(t, t.PrimaryKey, img))
+	}
+	row, ok, err := p.fetch.FetchRow(ctx, t, img)
+	if err != nil {
+		return fmt.Errorf("re-read %s %s from the source: %w", t, keyText(t, t.PrimaryKey, img), err)
+	}
+	p.m.refetches.Inc()
+	if !ok {
+		// Deleted or moved away since; its later change finds nothing.
+		p.mu.Lock()
+		p.gone[t.String()+keyText(t, t.PrimaryKey, img)] = true
+		p.mu.Unlock()
+		return nil
+	}
+	cols := present(t, row, writable)
+	if _, err := p.execText(ctx, p.sql.upsert(t, cols), params(row, cols)); err != nil {
+		p.inTx = false
+		return fmt.Errorf("apply insert to %s: %w", t, err)
+	}
+	p.m.changes.WithLabelValues(promoted.Insert.String()).Inc()
+	p.txChanges++
+	return nil
+}
+
+func keyCols(c *promoted.Change) []int {
+	if c.KeyColumns != nil {
+		return c.KeyColumns
+	}
+	return c.Table.PrimaryKey
+}
+
+// changedKey reports whether an update carries an old key that differs
+// from the new row's key.
+func changedKey(t *promoted.Table, c *promoted.Change) bool {
+	for _, k := range keyCols(c) {
+		if c.Key[k].Kind != c.New[k].Kind || string(c.Key[k].Data) != string(c.New[k].Data) {
+			return true
+		}
+	}
+	return false
+}
+
+func hasUnchanged(t *promoted.Table, row promoted.Row) bool {
+	for i, v := range row {
+		if v.Kind == promoted.Unchanged && !t.Columns[i].Generated {
+			return true
+		}
+	}
+	return false
+}
+
+// present lists the columns of row that carry a value (or NULL) and pass ok.
+func present(t *promoted.Table, row promoted.Row, ok func(promoted.Column) bool) []int {
+	cols := make([]int, 0, len(row))
+	for i, v := range row {
+		if v.Kind != promoted.Unchanged && ok(t.Columns[i]) {
+			cols = append(cols, i)
+		}
+	}
+	return cols
+}
+
+// params are the text parameters for cols; nil is SQL NULL.
+func params(row promoted.Row, cols []int) [][]byte {
+	out := make([][]byte, len(cols))
+	for i, c := range cols {
+		if row[c].Kind == promoted.Text {
+			out[i] = row[c].Data
+			if out[i] == nil {
+				out[i] = []byte{}
+			}
+		}
+	}
+	return out
+}
+
+// execText runs one statement now with untyped text parameters.
+func (p *Postgres) execText(ctx context.Context, sql string, params [][]byte) (pgconn.CommandTag, error) {
+	return p.conn.PgConn().ExecParams(ctx, sql, params, nil, nil, nil).Close()
+}

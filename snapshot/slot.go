@@ -1,0 +1,187 @@
+// Package snapshot takes the consistent starting point of a move: the
+// publication, a logical slot that exports a snapshot, and the parallel
+// COPY of the tenant's rows under that snapshot, streamed straight from the
+// source into the target without holding a table in memory.
+package snapshot
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/jackc/pglogrepl"
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+
+	"github.com/promoted/promoted"
+)
+
+// ConnectReplication opens a replication connection to the source. Its
+// session settings travel in the startup packet: any command sent after
+// CREATE_REPLICATION_SLOT destroys the exported snapshot (hazards.md 1.1),
+// and an idle-in-transaction timeout must not kill the exporter while the
+// copy runs (1.2). lockTimeout bounds how long slot creation may wait for
+// older transactions to end (1.4).
+func ConnectReplication(ctx context.Context, dsn string, lockTimeout time.Duration) (*pgconn.PgConn, error) {
+	cfg, err := pgconn.ParseConfig(dsn)
+	if err != nil {
+		return nil, fmt.Errorf("source DSN: %w", err)
+	}
+	for k, v := range promoted.SessionParams {
+		cfg.RuntimeParams[k] = v
+	}
+	cfg.RuntimeParams["replication"] = "database"
+	cfg.RuntimeParams["application_name"] = "promoted-stream"
+	cfg.RuntimeParams["idle_in_transaction_session_timeout"] = "0"
+	cfg.RuntimeParams["statement_timeout"] = "0"
+	cfg.RuntimeParams["lock_timeout"] = fmt.Sprintf("%dms", lockTimeout.Milliseconds())
+	conn, err := pgconn.ConnectConfig(ctx, cfg)
+	if err != nil {
+		return nil, fmt.Errorf("open replication connection to the source: %w", err)
+	}
+	return conn, nil
+}
+
+// Names are the source objects of one job, derived from the job id so a
+// later `cancel` finds them without any other state.
+type Names struct {
+	Slot        string
+	Publication string
+}
+
+// NamesFor returns the slot and publication names of a job.
+func NamesFor(jobID string) Names {
+	return Names{Slot: "promoted_" + jobID, Publication: "promoted_" + jobID}
+}
+
+// CreatePublication publishes the tables: with a row filter on the tenant
+// where the table's replica identity covers the tenant column, unfiltered
+// otherwise, because a filter on a column outside the replica identity
+// makes every UPDATE and DELETE of the table fail for every tenant
+// (hazards.md 4.1). It must exist before the slot (1.6).
+func CreatePublication(ctx context.Context, conn *pgx.Conn, name string, tables []*promoted.Table) error {
+	var b strings.Builder
+	b.WriteString("CREATE PUBLICATION ")
+	b.WriteString(pgx.Identifier{name}.Sanitize())
+	b.WriteString(" FOR TABLE ")
+	for i, t := range tables {
+		if i > 0 {
+			b.WriteString(", ")
+		}
+		b.WriteString(pgx.Identifier{t.Schema, t.Name}.Sanitize())
+		if t.ServerFilter {
+			b.WriteString(" WHERE (")
+			b.WriteString(TenantPredicate(t))
+			b.WriteString(")")
+		}
+	}
+	if _, err := conn.Exec(ctx, b.String()); err != nil {
+		return fmt.Errorf("create publication %s: %w", name, err)
+	}
+	return nil
+}
+
+// TenantPredicate is `"tenant_id" = '<value>'::type` for the table, with the
+// value quoted as a literal (publication filters and COPY queries cannot
+// take parameters).
+func TenantPredicate(t *promoted.Table) string {
+	col := t.Columns[t.Tenant]
+	pred := pgx.Identifier{col.Name}.Sanitize() + " = " + QuoteLiteral(t.TenantLiteral)
+	if col.TypeOID != 0 && col.TypeOID < 16384 {
+		pred += "::" + col.Type
+	}
+	return pred
+}
+
+// QuoteLiteral quotes s as an SQL string literal under
+// standard_conforming_strings, which every session of promoted sets.
+func QuoteLiteral(s string) string {
+	return "'" + strings.ReplaceAll(s, "'", "''") + "'"
+}
+
+// Slot is a created slot and its exported snapshot.
+type Slot struct {
+	Name            string
+	ConsistentPoint promoted.LSN
+	SnapshotName    string
+}
+
+// CreateSlot creates the permanent logical slot with an exported snapshot on
+// the replication connection. The snapshot lives only while conn stays
+// open and idle: send nothing on it until every copy worker has imported
+// the snapshot.
+func CreateSlot(ctx context.Context, conn *pgconn.PgConn, name string) (*Slot, error) {
+	res, err := pglogrepl.ParseCreateReplicationSlot(conn.Exec(ctx, "CREATE_REPLICATION_SLOT "+name+" LOGICAL pgoutput (SNAPSHOT 'export')"))
+	if err != nil {
+		var pgErr *pgconn.PgError
+		if errors.As(err, &pgErr) && pgErr.Code == "55P03" {
+			return nil, fmt.Errorf("create replication slot %s: waited too long for older transactions to end (see pg_stat_activity and pg_prepared_xacts on the source), retry when they are done: %w", name, err)
+		}
+		return nil, fmt.Errorf("create replication slot %s: %w", name, err)
+	}
+	lsn, err := pglogrepl.ParseLSN(res.ConsistentPoint)
+	if err != nil {
+		return nil, fmt.Errorf("create replication slot %s: consistent point %q: %w", name, res.ConsistentPoint, err)
+	}
+	return &Slot{Name: name, ConsistentPoint: lsn, SnapshotName: res.SnapshotName}, nil
+}
+
+// SlotState is what pg_replication_slots says of a slot.
+type SlotState struct {
+	Exists         bool
+	Active         bool
+	ConfirmedFlush promoted.LSN
+	WALStatus      string
+}
+
+// ReadSlot looks the slot up.
+func ReadSlot(ctx context.Context, conn *pgx.Conn, name string) (SlotState, error) {
+	var s SlotState
+	var flush, status *string
+	err := conn.QueryRow(ctx, `SELECT active, confirmed_flush_lsn::text, wal_status FROM pg_replication_slots WHERE slot_name = $1`, name).
+		Scan(&s.Active, &flush, &status)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return s, nil
+	}
+	if err != nil {
+		return s, fmt.Errorf("read slot %s: %w", name, err)
+	}
+	s.Exists = true
+	if flush != nil {
+		if s.ConfirmedFlush, err = pglogrepl.ParseLSN(*flush); err != nil {
+			return s, err
+		}
+	}
+	if status != nil {
+		s.WALStatus = *status
+	}
+	return s, nil
+}
+
+// Drop removes the job's slot and publication from the source, ending a
+// walsender that still holds the slot (an orphan of a killed daemon,
+// hazards.md 6.2). Missing objects are fine.
+func Drop(ctx context.Context, conn *pgx.Conn, n Names) error {
+	for attempt := 0; ; attempt++ {
+		_, err := conn.Exec(ctx, `SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots WHERE slot_name = $1 AND active_pid IS NOT NULL`, n.Slot)
+		if err != nil {
+			return fmt.Errorf("drop slot %s: %w", n.Slot, err)
+		}
+		_, err = conn.Exec(ctx, `SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = $1`, n.Slot)
+		if err == nil {
+			break
+		}
+		var pgErr *pgconn.PgError
+		// 55006: object in use, the terminated walsender has not exited yet.
+		if !errors.As(err, &pgErr) || pgErr.Code != "55006" || attempt > 50 {
+			return fmt.Errorf("drop slot %s: %w", n.Slot, err)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	if _, err := conn.Exec(ctx, "DROP PUBLICATION IF EXISTS "+pgx.Identifier{n.Publication}.Sanitize()); err != nil {
+		return fmt.Errorf("drop publication %s: %w", n.Publication, err)
+	}
+	return nil
+}

@@ -1,0 +1,44 @@
+package stream
+
+import (
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promauto"
+)
+
+var (
+	receivedBytes = promauto.NewCounterVec(prometheus.CounterOpts{
+		Name: "promoted_stream_received_bytes", Help: "pgoutput bytes received from the slot.",
+	}, []string{"tenant"})
+	receivedTxns = promauto.NewCounterVec(prometheus.CounterOpts{
+		Name: "promoted_stream_transactions_total", Help: "Transactions of the tenant received (after filtering).",
+	}, []string{"tenant"})
+	skippedTxns = promauto.NewCounterVec(prometheus.CounterOpts{
+		Name: "promoted_stream_skipped_transactions_total", Help: "Transactions skipped on resume because the target already had them.",
+	}, []string{"tenant"})
+	receivedChanges = promauto.NewCounterVec(prometheus.CounterOpts{
+		Name: "promoted_stream_changes_total", Help: "Row changes of the tenant received, by operation.",
+	}, []string{"tenant", "op"})
+	sourceWALEnd = promauto.NewGaugeVec(prometheus.GaugeOpts{
+		Name: "promoted_stream_source_wal_end_bytes", Help: "The source's WAL end as last reported by the walsender (LSN as a number).",
+	}, []string{"tenant"})
+	ackedLSN = promauto.NewGaugeVec(prometheus.GaugeOpts{
+		Name: "promoted_stream_acknowledged_lsn_bytes", Help: "The flush LSN last acknowledged to the slot (LSN as a number).",
+	}, []string{"tenant"})
+)
+
+type metrics struct {
+	bytes, txns, skipped prometheus.Counter
+	changes              *prometheus.CounterVec
+	walEnd, acked        prometheus.Gauge
+}
+
+func newMetrics(tenant string) *metrics {
+	return &metrics{
+		bytes:   receivedBytes.WithLabelValues(tenant),
+		txns:    receivedTxns.WithLabelValues(tenant),
+		skipped: skippedTxns.WithLabelValues(tenant),
+		changes: receivedChanges.MustCurryWith(prometheus.Labels{"tenant": tenant}),
+		walEnd:  sourceWALEnd.WithLabelValues(tenant),
+		acked:   ackedLSN.WithLabelValues(tenant),
+	}
+}

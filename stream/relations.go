@@ -1,0 +1,107 @@
+package stream
+
+import (
+	"fmt"
+	"strings"
+
+	"github.com/jackc/pglogrepl"
+
+	"github.com/promoted/promoted"
+)
+
+// relation maps one pgoutput Relation message onto a planned table. pgoutput
+// numbers relations by OID and sends their column list before first use and
+// after every change to the definition, so the map is rebuilt on each
+// Relation message and checked against the plan: a column added, dropped or
+// retyped on the source stops the stream with a clear error rather than
+// losing or misplacing a value (hazards.md 2.3, 7.3).
+type relation struct {
+	table *promoted.Table
+	// cols[i] is the index in table.Columns of the relation's i-th column.
+	cols []int
+	// identity lists the table columns pgoutput marks as replica identity.
+	identity []int
+	// keyInIdentity is true when every primary-key column is part of the
+	// replica identity, so old-key tuples carry the primary key.
+	keyInIdentity bool
+}
+
+// ErrSchemaChanged reports DDL on a moved table during the move.
+type ErrSchemaChanged struct {
+	Table  string
+	Detail string
+}
+
+func (e *ErrSchemaChanged) Error() string {
+	return fmt.Sprintf("table %s changed on the source during the move (%s): schema changes are not supported yet; cancel the move with `promoted cancel`, apply the same change to the target, and start again", e.Table, e.Detail)
+}
+
+func mapRelation(m *pglogrepl.RelationMessage, table *promoted.Table) (*relation, error) {
+	r := &relation{table: table, cols: make([]int, len(m.Columns))}
+	seen := make(map[int]bool, len(m.Columns))
+	for i, c := range m.Columns {
+		idx := table.ColumnIndex(c.Name)
+		if idx < 0 {
+			return nil, &ErrSchemaChanged{Table: table.String(), Detail: fmt.Sprintf("column %q was added", c.Name)}
+		}
+		col := table.Columns[idx]
+		if col.Generated {
+			return nil, &ErrSchemaChanged{Table: table.String(), Detail: fmt.Sprintf("column %q is no longer generated", c.Name)}
+		}
+		if col.TypeOID != 0 && c.DataType != col.TypeOID {
+			return nil, &ErrSchemaChanged{Table: table.String(), Detail: fmt.Sprintf("column %q changed type", c.Name)}
+		}
+		r.cols[i] = idx
+		seen[idx] = true
+		if c.Flags&1 != 0 {
+			r.identity = append(r.identity, idx)
+		}
+	}
+	var missing []string
+	for i, c := range table.Columns {
+		if !c.Generated && !seen[i] {
+			missing = append(missing, c.Name)
+		}
+	}
+	if len(missing) > 0 {
+		return nil, &ErrSchemaChanged{Table: table.String(), Detail: fmt.Sprintf("column %s was dropped", strings.Join(missing, ", "))}
+	}
+	r.keyInIdentity = true
+	for _, k := range table.PrimaryKey {
+		found := false
+		for _, id := range r.identity {
+			found = found || id == k
+		}
+		r.keyInIdentity = r.keyInIdentity && found
+	}
+	return r, nil
+}
+
+// row converts a pgoutput tuple to a Row in the table's column order.
+// Generated columns, which pgoutput never sends, are Unchanged.
+func (r *relation) row(t *pglogrepl.TupleData) (promoted.Row, error) {
+	if t == nil {
+		return nil, nil
+	}
+	if len(t.Columns) != len(r.cols) {
+		return nil, fmt.Errorf("table %s: tuple has %d columns, relation has %d", r.table, len(t.Columns), len(r.cols))
+	}
+	row := make(promoted.Row, len(r.table.Columns))
+	for i := range row {
+		row[i].Kind = promoted.Unchanged
+	}
+	for i, c := range t.Columns {
+		v := &row[r.cols[i]]
+		switch c.DataType {
+		case pglogrepl.TupleDataTypeNull:
+			v.Kind = promoted.Null
+		case pglogrepl.TupleDataTypeToast:
+			v.Kind = promoted.Unchanged
+		case pglogrepl.TupleDataTypeText:
+			v.Kind, v.Data = promoted.Text, c.Data
+		default:
+			return nil, fmt.Errorf("table %s column %s: unexpected tuple data type %q (binary mode is not used)", r.table, r.table.Columns[r.cols[i]].Name, c.DataType)
+		}
+	}
+	return row, nil
+}

@@ -1,0 +1,198 @@
+package testenv
+
+import (
+	"context"
+	"fmt"
+	"math/rand/v2"
+	"sync"
+	"sync/atomic"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+)
+
+// SaaSSchema is a small SaaS schema: tables keyed (tenant_id, id) that
+// the server filters, a table keyed by id alone that the daemon filters, a
+// tenants table that is not moved, user types, and a three-level
+// foreign-key chain.
+const SaaSSchema = `
+CREATE TABLE tenants (id bigint PRIMARY KEY, name text NOT NULL);
+CREATE TYPE order_status AS ENUM ('new', 'paid', 'shipped', 'cancelled');
+CREATE DOMAIN positive_int AS int CHECK (VALUE > 0);
+CREATE TABLE customers (
+    tenant_id bigint NOT NULL REFERENCES tenants,
+    id bigserial,
+    email text NOT NULL,
+    name text,
+    PRIMARY KEY (tenant_id, id)
+);
+CREATE TABLE orders (
+    tenant_id bigint NOT NULL REFERENCES tenants,
+    id bigserial,
+    customer_id bigint NOT NULL,
+    status order_status NOT NULL DEFAULT 'new',
+    total numeric(12,2),
+    note text,
+    meta jsonb,
+    tags text[],
+    ref uuid,
+    blob bytea,
+    created timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (tenant_id, id),
+    FOREIGN KEY (tenant_id, customer_id) REFERENCES customers
+);
+CREATE INDEX orders_status_idx ON orders (tenant_id, status);
+CREATE TABLE order_lines (
+    tenant_id bigint NOT NULL,
+    order_id bigint NOT NULL,
+    line int NOT NULL,
+    qty positive_int NOT NULL,
+    price numeric,
+    PRIMARY KEY (tenant_id, order_id, line),
+    FOREIGN KEY (tenant_id, order_id) REFERENCES orders ON DELETE CASCADE
+);
+CREATE TABLE events (
+    id bigserial PRIMARY KEY,
+    tenant_id bigint NOT NULL,
+    kind text NOT NULL,
+    payload text,
+    at timestamptz NOT NULL DEFAULT now()
+);
+`
+
+// MovedTables are the SaaS tables that carry the tenant column.
+var MovedTables = []string{"customers", "orders", "order_lines", "events"}
+
+// SeedSaaS creates the SaaS schema in the database and fills tenants 1..5:
+// scale customers per tenant, three orders per customer with three lines
+// each, and scale events per tenant; tenant 1 gets bigFactor times more.
+// Every 50th order carries an incompressible 9.6 kB note, stored out of
+// line (TOAST).
+func SeedSaaS(ctx context.Context, dsn string, scale, bigFactor int) error {
+	conn, err := pgx.Connect(ctx, dsn)
+	if err != nil {
+		return err
+	}
+	defer conn.Close(ctx)
+	if _, err := conn.Exec(ctx, SaaSSchema); err != nil {
+		return fmt.Errorf("create SaaS schema: %w", err)
+	}
+	_, err = conn.Exec(ctx, `
+INSERT INTO tenants SELECT g, 'tenant ' || g FROM generate_series(1, 5) g;
+INSERT INTO customers (tenant_id, email, name)
+  SELECT t, 'c' || t || '-' || g || '@example.com', CASE WHEN g % 7 = 0 THEN NULL ELSE 'Customer ' || g END
+  FROM generate_series(1, 5) t, generate_series(1, CASE WHEN t = 1 THEN $1::int * $2::int ELSE $1::int END) g;
+INSERT INTO orders (tenant_id, customer_id, status, total, note, meta, tags, ref, blob)
+  SELECT c.tenant_id, c.id, (ARRAY['new','paid','shipped']::order_status[])[1 + g % 3], (g * c.id % 100000) / 7.0,
+         CASE WHEN (c.id + g) % 50 = 0 THEN (SELECT string_agg(md5(c.id::text || g::text || i::text), '') FROM generate_series(1, 300) i) ELSE 'note ' || g END,
+         jsonb_build_object('g', g, 'nested', jsonb_build_object('x', g % 3)),
+         ARRAY['t' || (g % 4), 'quote''s', NULL], gen_random_uuid(), decode(md5(g::text), 'hex')
+  FROM customers c, generate_series(1, 3) g;
+INSERT INTO order_lines (tenant_id, order_id, line, qty, price)
+  SELECT o.tenant_id, o.id, l, 1 + l, 9.99 * l FROM orders o, generate_series(1, 3) l;
+INSERT INTO events (tenant_id, kind, payload)
+  SELECT t, 'seed', 'payload ' || g
+  FROM generate_series(1, 5) t, generate_series(1, CASE WHEN t = 1 THEN $1::int * $2::int ELSE $1::int END) g;
+ANALYZE;`, scale, bigFactor)
+	if err != nil {
+		return fmt.Errorf("seed SaaS data: %w", err)
+	}
+	return nil
+}
+
+// Writer runs random work on one tenant until stopped: orders with lines,
+// updates that leave TOASTed notes unchanged, deletes that cascade, events
+// that move between tenants. It counts acknowledged writes and errors.
+type Writer struct {
+	Tenant int
+	Acks   atomic.Int64
+	Errs   atomic.Int64
+	Last   atomic.Value
+}
+
+// Run writes until ctx ends.
+func (w *Writer) Run(ctx context.Context, pool *pgxpool.Pool, seed uint64) {
+	r := rand.New(rand.NewPCG(seed, uint64(w.Tenant)))
+	for ctx.Err() == nil {
+		err := w.step(ctx, pool, r)
+		if err != nil && ctx.Err() == nil {
+			w.Errs.Add(1)
+			w.Last.Store(err.Error())
+		} else if err == nil {
+			w.Acks.Add(1)
+		}
+	}
+}
+
+func (w *Writer) step(ctx context.Context, pool *pgxpool.Pool, r *rand.Rand) error {
+	tn := w.Tenant
+	switch r.IntN(9) {
+	case 0, 1: // a new order with lines, in one transaction
+		tx, err := pool.Begin(ctx)
+		if err != nil {
+			return err
+		}
+		defer tx.Rollback(ctx)
+		var oid int64
+		err = tx.QueryRow(ctx, `INSERT INTO orders (tenant_id, customer_id, total, note, meta, tags)
+		    SELECT tenant_id, id, $2, 'live', '{"live": true}', ARRAY['a','b'] FROM customers WHERE tenant_id = $1 ORDER BY random() LIMIT 1
+		    RETURNING id`, tn, r.IntN(10000)).Scan(&oid)
+		if err != nil {
+			return err
+		}
+		if _, err := tx.Exec(ctx, `INSERT INTO order_lines (tenant_id, order_id, line, qty, price)
+		    SELECT $1, $2, l, l, 1.5 * l FROM generate_series(1, 3) l`, tn, oid); err != nil {
+			return err
+		}
+		return tx.Commit(ctx)
+	case 2: // update a small column of a row that may hold a TOASTed note
+		_, err := pool.Exec(ctx, `UPDATE orders SET status = 'paid', total = total + 1
+		    WHERE tenant_id = $1 AND id = (SELECT id FROM orders WHERE tenant_id = $1 ORDER BY random() LIMIT 1)`, tn)
+		return err
+	case 3:
+		_, err := pool.Exec(ctx, `DELETE FROM orders WHERE tenant_id = $1 AND id = (SELECT id FROM orders WHERE tenant_id = $1 ORDER BY random() LIMIT 1)`, tn)
+		return err
+	case 4:
+		_, err := pool.Exec(ctx, `INSERT INTO events (tenant_id, kind, payload) VALUES ($1, 'live', $2)`, tn, fmt.Sprint(r.Int()))
+		return err
+	case 5:
+		_, err := pool.Exec(ctx, `UPDATE events SET kind = 'touched', payload = payload || '!' WHERE id = (SELECT id FROM events WHERE tenant_id = $1 ORDER BY random() LIMIT 1)`, tn)
+		return err
+	case 6: // move an event to another tenant and maybe back
+		other := 1 + r.IntN(5)
+		_, err := pool.Exec(ctx, `UPDATE events SET tenant_id = $2 WHERE id = (SELECT id FROM events WHERE tenant_id = $1 ORDER BY random() LIMIT 1)`, tn, other)
+		return err
+	case 7:
+		_, err := pool.Exec(ctx, `DELETE FROM events WHERE id = (SELECT id FROM events WHERE tenant_id = $1 ORDER BY random() LIMIT 1)`, tn)
+		return err
+	default:
+		_, err := pool.Exec(ctx, `UPDATE customers SET name = coalesce(name, '') || 'x' WHERE tenant_id = $1 AND id = (SELECT id FROM customers WHERE tenant_id = $1 ORDER BY random() LIMIT 1)`, tn)
+		return err
+	}
+}
+
+// Load starts perTenant writers on each tenant and returns a function that
+// stops them and returns them for their counts.
+func Load(ctx context.Context, dsn string, tenants []int, perTenant int) (stop func() []*Writer, err error) {
+	pool, err := pgxpool.New(ctx, dsn)
+	if err != nil {
+		return nil, err
+	}
+	wctx, cancel := context.WithCancel(ctx)
+	var wg sync.WaitGroup
+	var ws []*Writer
+	for i, tn := range tenants {
+		for j := 0; j < perTenant; j++ {
+			w := &Writer{Tenant: tn}
+			ws = append(ws, w)
+			wg.Add(1)
+			go func(seed uint64) { defer wg.Done(); w.Run(wctx, pool, seed) }(uint64(i*100 + j))
+		}
+	}
+	return func() []*Writer {
+		cancel()
+		wg.Wait()
+		pool.Close()
+		return ws
+	}, nil
+}
