@@ -153,8 +153,14 @@ func (p *Postgres) Marker(content string) (promoted.LSN, bool) {
 
 // Apply queues one transaction (or part) into the open target transaction.
 func (p *Postgres) Apply(ctx context.Context, txn *promoted.Txn) error {
-	if !txn.Partial && !p.midTxn && txn.EndLSN <= p.Durable() && txn.EndLSN <= p.pendEnd {
-		return nil // already applied (a heartbeat behind the progress)
+	if txn.Heartbeat() {
+		if txn.EndLSN <= max(p.Durable(), p.pendEnd) {
+			return nil
+		}
+	} else if txn.FinalLSN < p.Durable() {
+		// Its commit lies before what the target holds: applied before a
+		// restart (the stream skips these too; this is the second guard).
+		return nil
 	}
 	if !p.inTx {
 		p.begin()
@@ -227,11 +233,15 @@ func (p *Postgres) commit(ctx context.Context) error {
 				[][]byte{[]byte(p.jobID), []byte(content), []byte(lsn.String())}, check{exactOne: true})
 		}
 	}
-	p.batch.ExecParams("COMMIT", nil, nil, nil, nil)
-	p.checks = append(p.checks, check{})
 	start := time.Now()
+	// Row counts are checked before COMMIT is sent: a divergence must
+	// leave nothing of the group, the progress LSN included, committed.
 	if err := p.exec(ctx); err != nil {
 		return err
+	}
+	if _, err := p.conn.PgConn().Exec(ctx, "COMMIT").ReadAll(); err != nil {
+		p.inTx = false
+		return fmt.Errorf("apply: commit: %w", err)
 	}
 	p.inTx = false
 	p.m.commits.Inc()
