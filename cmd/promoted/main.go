@@ -1,0 +1,68 @@
+// Command promoted moves one tenant's data between the isolation tiers of a
+// multi-tenant PostgreSQL platform while the tenant keeps working.
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"github.com/spf13/pflag"
+)
+
+const usage = `promoted moves one tenant's data between PostgreSQL isolation tiers, live.
+
+Usage:
+  promoted replicate --source DSN --tenant ID --sink postgres://... [flags]
+  promoted cancel    --source DSN --tenant ID [--schema S]
+  promoted demo      the whole story on throwaway local clusters
+
+Run 'promoted COMMAND --help' for a command's flags. Every flag can also be
+given as an environment variable PROMOTED_<FLAG> (e.g. PROMOTED_SOURCE).
+`
+
+// errUsage marks errors that exit with status 2.
+var errUsage = errors.New("usage")
+
+func main() {
+	os.Exit(run(os.Args[1:]))
+}
+
+func run(args []string) int {
+	if len(args) == 0 || args[0] == "-h" || args[0] == "--help" || args[0] == "help" {
+		fmt.Fprint(os.Stderr, usage)
+		if len(args) == 0 {
+			return 2
+		}
+		return 0
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	var err error
+	switch args[0] {
+	case "replicate":
+		err = replicate(ctx, args[1:])
+	case "cancel":
+		err = cancel(ctx, args[1:])
+	case "demo":
+		err = demo(ctx, args[1:])
+	default:
+		fmt.Fprintf(os.Stderr, "promoted: unknown command %q\n\n%s", args[0], usage)
+		return 2
+	}
+	switch {
+	case err == nil:
+		return 0
+	case errors.Is(err, pflag.ErrHelp):
+		return 0
+	case errors.Is(err, errUsage):
+		fmt.Fprintln(os.Stderr, "promoted:", errors.Unwrap(err))
+		return 2
+	default:
+		fmt.Fprintln(os.Stderr, "promoted:", err)
+		return 1
+	}
+}
