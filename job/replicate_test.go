@@ -110,6 +110,15 @@ func TestReplicateUnderLoad(t *testing.T) {
 				return j.Applied() >= end
 			})
 			compareTenant(t, ctx, srcDSN, dstDSN, "public", dstSchema, "1", movedTables)
+			// The three-level chain customers <- orders <- order_lines is
+			// rebuilt and validated on the target after the load.
+			fk := connectPinned(t, ctx, dstDSN)
+			chain := rowsOf(t, ctx, fk, `SELECT conrelid::regclass::text || '->' || confrelid::regclass::text FROM pg_constraint
+			    WHERE contype = 'f' AND convalidated AND connamespace = $1::regnamespace AND confrelid::regclass::text NOT LIKE '%tenants' ORDER BY 1`, dstSchema)
+			fk.Close(ctx)
+			if len(chain) != 2 {
+				t.Errorf("target foreign keys between moved tables: %v, want order_lines->orders and orders->customers, validated", chain)
+			}
 			cancel()
 			if err := <-done; err != nil {
 				t.Fatalf("clean stop returned %v", err)
