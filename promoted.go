@@ -9,6 +9,7 @@ package promoted
 import (
 	"context"
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/jackc/pglogrepl"
@@ -223,4 +224,12 @@ type RowFetcher interface {
 	// FetchRow returns the source row with the given key if it still exists
 	// and belongs to the tenant.
 	FetchRow(ctx context.Context, t *Table, key Row) (Row, bool, error)
+}
+
+// QuoteLiteral quotes s as an SQL string literal under
+// standard_conforming_strings, which every session of promoted sets. It is
+// for the few places a value cannot be a parameter (a publication's row
+// filter, DDL, replication commands); everything else passes parameters.
+func QuoteLiteral(s string) string {
+	return "'" + strings.ReplaceAll(s, "'", "''") + "'"
 }

@@ -14,6 +14,10 @@ import (
 // that arrived with unchanged TOAST values) run synchronously, in order.
 func (p *Postgres) change(ctx context.Context, c *promoted.Change) error {
 	t := c.Table
+	if c.Op != promoted.Message {
+		p.changes.Add(1)
+		p.trackChange(c)
+	}
 	switch c.Op {
 	case promoted.Message:
 		p.pendMark[string(c.Content)] = 0

@@ -76,6 +76,7 @@ type Postgres struct {
 	m     *metrics
 
 	durable atomic.Uint64
+	changes atomic.Int64
 
 	// The open target transaction.
 	inTx      bool
@@ -90,6 +91,7 @@ type Postgres struct {
 	pendMark  map[string]promoted.LSN
 
 	mu      sync.Mutex
+	track   tracker
 	markers map[string]promoted.LSN
 	// gone holds keys whose INSERT found the source row already gone when
 	// re-fetched; a later UPDATE or DELETE of them finds nothing, rightly.
@@ -141,6 +143,10 @@ func NewPostgres(cfg Config, conn *pgx.Conn, jobID string, applied promoted.LSN,
 
 // Durable is the end LSN of the last committed source transaction.
 func (p *Postgres) Durable() promoted.LSN { return promoted.LSN(p.durable.Load()) }
+
+// Changes is the number of row changes this sink has applied (or queued
+// into the open target transaction).
+func (p *Postgres) Changes() int64 { return p.changes.Load() }
 
 // Marker returns the end LSN of the durably applied transaction that
 // carried the fence marker with this content.

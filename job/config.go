@@ -16,6 +16,7 @@ import (
 	"github.com/spf13/pflag"
 
 	"github.com/promoted/promoted/apply"
+	"github.com/promoted/promoted/cutover"
 	"github.com/promoted/promoted/snapshot"
 	"github.com/promoted/promoted/stream"
 )
@@ -39,9 +40,17 @@ type Config struct {
 	// ProgressInterval is how often progress is logged.
 	ProgressInterval time.Duration
 
-	Copy   snapshot.CopyConfig
-	Stream stream.Config
-	Apply  apply.Config
+	// Promote ends the move with a cutover once the lag allows; without
+	// it the job replicates until stopped.
+	Promote bool
+	// VerifyOnly resumes a copied move just long enough to compare the
+	// target with the source at one consistent point (`promoted verify`).
+	VerifyOnly bool
+
+	Copy    snapshot.CopyConfig
+	Stream  stream.Config
+	Apply   apply.Config
+	Cutover cutover.Config
 }
 
 // Bind registers the flags of a move (the CLI binds DSNs and the tenant).
@@ -86,6 +95,14 @@ func (c *Config) Validate() error {
 	for _, dsn := range []string{c.SourceDSN, c.TargetDSN} {
 		if _, err := pgx.ParseConfig(dsn); err != nil {
 			return fmt.Errorf("connection string %s is not valid: %w", Redact(dsn), err)
+		}
+	}
+	if c.Promote {
+		if err := c.Cutover.Validate(); err != nil {
+			return err
+		}
+		if c.Cutover.Location == "" {
+			c.Cutover.Location = Redact(c.TargetDSN)
 		}
 	}
 	if err := c.Copy.Validate(); err != nil {

@@ -40,6 +40,13 @@ func compareTenant(t testing.TB, ctx context.Context, srcDSN, dstDSN, srcSchema,
 	defer s.Close(ctx)
 	d := connectPinned(t, ctx, dstDSN)
 	defer d.Close(ctx)
+	compareTenantConns(t, ctx, s, d, srcSchema, dstSchema, tenant, tables)
+}
+
+// compareTenantConns is compareTenant over open sessions (one may be a
+// transaction holding an older snapshot).
+func compareTenantConns(t testing.TB, ctx context.Context, s, d *pgx.Conn, srcSchema, dstSchema string, tenant string, tables []string) {
+	t.Helper()
 	for _, table := range tables {
 		q := func(schema string) string {
 			return fmt.Sprintf(`SELECT x::text FROM %s x WHERE tenant_id = $1 ORDER BY 1`, pgx.Identifier{schema, table}.Sanitize())
@@ -80,31 +87,12 @@ func compareTenant(t testing.TB, ctx context.Context, srcDSN, dstDSN, srcSchema,
 
 func connectPinned(t testing.TB, ctx context.Context, dsn string) *pgx.Conn {
 	t.Helper()
-	cfg, err := pgx.ParseConfig(dsn)
-	if err != nil {
-		t.Fatal(err)
-	}
-	for k, v := range promoted.SessionParams {
-		cfg.RuntimeParams[k] = v
-	}
-	conn, err := pgx.ConnectConfig(ctx, cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return conn
+	return testenv.Pinned(t, ctx, dsn)
 }
 
 func rowsOf(t testing.TB, ctx context.Context, conn *pgx.Conn, q string, args ...any) []string {
 	t.Helper()
-	rows, err := conn.Query(ctx, q, args...)
-	if err != nil {
-		t.Fatal(err)
-	}
-	out, err := pgx.CollectRows(rows, pgx.RowTo[string])
-	if err != nil {
-		t.Fatal(err)
-	}
-	return out
+	return testenv.TextRows(t, ctx, conn, q, args...)
 }
 
 func currentLSN(t testing.TB, ctx context.Context, dsn string) promoted.LSN {

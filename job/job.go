@@ -15,9 +15,11 @@ import (
 
 	"github.com/promoted/promoted"
 	"github.com/promoted/promoted/apply"
+	"github.com/promoted/promoted/cutover"
 	"github.com/promoted/promoted/schema"
 	"github.com/promoted/promoted/snapshot"
 	"github.com/promoted/promoted/stream"
+	"github.com/promoted/promoted/verify"
 )
 
 // Hooks let tests inject faults and observe the irreversible steps.
@@ -26,6 +28,12 @@ type Hooks struct {
 	AfterChunk func(table string)
 	// Streaming runs once the catch-up stream starts.
 	Streaming func()
+	// BeforeCutover runs when the catch-up is streaming, before the job
+	// waits for the lag to allow the cutover (the demo lets the replica
+	// run live for a while here).
+	BeforeCutover func(ctx context.Context)
+	// Cutover runs at the cutover's irreversible steps.
+	Cutover cutover.Hooks
 }
 
 // Job is one tenant move.
@@ -45,6 +53,15 @@ type Job struct {
 	sink   *apply.Postgres
 	stream *stream.Stream
 	m      *metrics
+
+	src  *pgx.Conn // the coordinator's source session, while Run runs
+	gate *gate
+	// verified is the result of a verify-only run; preVerified of the
+	// cutover's full comparison before the fence.
+	verified, preVerified *verify.Result
+	copied                map[*promoted.Table]int64
+	summary               *Summary
+	entry                 cutover.Entry
 }
 
 // New checks the configuration; nothing is touched until Run.
@@ -118,6 +135,7 @@ func (j *Job) Run(ctx context.Context) error {
 		return err
 	}
 	defer src.Close(context.Background())
+	j.src = src
 	dst, err := connect(ctx, j.cfg.TargetDSN, "target", "promoted")
 	if err != nil {
 		return err
@@ -131,6 +149,11 @@ func (j *Job) Run(ctx context.Context) error {
 	j.ID = JobID(db, j.cfg.Schema, j.cfg.Tenant)
 	j.names = snapshot.NamesFor(j.ID)
 	j.log = j.log.With("job", j.ID)
+	lease, err := acquireLease(ctx, j.cfg.SourceDSN, j.ID, j.cfg.Tenant)
+	if err != nil {
+		return err
+	}
+	defer lease.release()
 
 	// Plan and preflight: nothing is created on either side before these
 	// pass.
@@ -156,9 +179,6 @@ func (j *Job) Run(ctx context.Context) error {
 	if err := checkTables(ctx, src, plan.Tables); err != nil {
 		return err
 	}
-	for _, n := range plan.Notes {
-		j.log.Warn(n, "stage", "plan")
-	}
 	prog, err := apply.ReadProgress(ctx, dst, j.ID)
 	if err != nil {
 		return err
@@ -167,6 +187,11 @@ func (j *Job) Run(ctx context.Context) error {
 		if err := checkTarget(ctx, dst, plan.Tables); err != nil {
 			return err
 		}
+	}
+	// Logged only once every refusal has passed, so a refusal is the one
+	// line on stderr.
+	for _, n := range plan.Notes {
+		j.log.Warn(n, "stage", "plan")
 	}
 	for _, t := range plan.Tables {
 		mode := "server row filter"
@@ -181,6 +206,16 @@ func (j *Job) Run(ctx context.Context) error {
 		}
 	}
 
+	if j.cfg.Promote {
+		done, err := j.preparePromote(ctx, src)
+		if err != nil || done {
+			return err
+		}
+	}
+
+	if j.cfg.VerifyOnly && (prog == nil || prog.Phase != apply.PhaseCatchup) {
+		return fmt.Errorf("no copied move of tenant %s into %s is recorded on the target, so there is nothing to verify: run replicate or promote first", j.cfg.Tenant, Redact(j.cfg.TargetDSN))
+	}
 	if prog != nil && prog.Phase == apply.PhaseCatchup {
 		if prog.TargetSchema != j.cfg.TargetSchema {
 			return fmt.Errorf("the target records this move into schema %q, not %q: pass --target-schema %s, or cancel the move", prog.TargetSchema, j.cfg.TargetSchema, prog.TargetSchema)
@@ -274,6 +309,10 @@ func (j *Job) start(ctx context.Context, src, dst *pgx.Conn) error {
 	var rows, bytes int64
 	for _, t := range j.plan.Tables {
 		r := results[t]
+		if j.copied == nil {
+			j.copied = map[*promoted.Table]int64{}
+		}
+		j.copied[t] = r.Rows
 		rows += r.Rows
 		bytes += r.Bytes
 		j.log.Info("copied", "stage", "snapshot", "table", t.String(), "rows", r.Rows, "bytes", r.Bytes, "chunks", r.Chunks)
@@ -336,7 +375,6 @@ func (j *Job) resume(ctx context.Context, src *pgx.Conn, prog *apply.Progress) e
 }
 
 func (j *Job) catchup(ctx context.Context, repl *pgconn.PgConn, from promoted.LSN) error {
-	j.setPhase("catchup")
 	applyConn, err := apply.Connect(ctx, j.cfg.TargetDSN)
 	if err != nil {
 		return err
@@ -345,6 +383,7 @@ func (j *Job) catchup(ctx context.Context, repl *pgconn.PgConn, from promoted.LS
 	defer fetcher.Close(context.Background())
 	sink := apply.NewPostgres(j.cfg.Apply, applyConn, j.ID, from, fetcher, j.cfg.Tenant, j.log.With("stage", "apply"))
 	defer sink.Close(context.Background())
+	g8 := newGate(sink)
 	scfg := j.cfg.Stream
 	scfg.Slot, scfg.Publication = j.names.Slot, j.names.Publication
 	st, err := stream.New(scfg, repl, j.plan.Tables, j.log.With("stage", "stream"))
@@ -352,16 +391,29 @@ func (j *Job) catchup(ctx context.Context, repl *pgconn.PgConn, from promoted.LS
 		return err
 	}
 	j.mu.Lock()
-	j.sink, j.stream = sink, st
+	j.sink, j.stream, j.gate = sink, st, g8
 	j.mu.Unlock()
+	j.setPhase("catchup")
 	if j.Hooks.Streaming != nil {
 		j.Hooks.Streaming()
 	}
 	g, gctx := errgroup.WithContext(ctx)
 	stop := j.reportProgress(gctx)
 	defer stop()
-	g.Go(func() error { return st.Run(gctx, from, sink) })
+	g.Go(func() error { return st.Run(gctx, from, g8) })
+	if j.cfg.Promote {
+		g.Go(func() error { return j.cutover(gctx, st, sink) })
+	}
+	if j.cfg.VerifyOnly {
+		g.Go(func() error { return j.verifyOnce(gctx) })
+	}
 	err = g.Wait()
+	if errors.Is(err, errVerified) {
+		return nil
+	}
+	if errors.Is(err, errFlipped) {
+		return j.finish(ctx)
+	}
 	if err != nil && errors.Is(err, context.Canceled) && ctx.Err() != nil {
 		return nil
 	}

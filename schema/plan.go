@@ -267,7 +267,16 @@ func (p *Plan) readTenant(ctx context.Context, tx pgx.Tx, t *promoted.Table) err
 	if _, err := tx.Exec(ctx, "RELEASE SAVEPOINT tenant_cast"); err != nil {
 		return fmt.Errorf("plan %s: %w", t, err)
 	}
-	pred := pgx.Identifier{col.Name}.Sanitize() + " = " + quoteLiteral(t.TenantLiteral) + "::" + col.Type
+	// EXPLAIN needs SELECT: without this check a missing grant surfaces as
+	// a bare "permission denied" instead of the refusal naming the fix.
+	var canSelect bool
+	if err := tx.QueryRow(ctx, "SELECT has_table_privilege($1::oid, 'SELECT')", p.defs[t].oid).Scan(&canSelect); err != nil {
+		return fmt.Errorf("plan %s: %w", t, err)
+	}
+	if !canSelect {
+		return refuse("the source role lacks SELECT on %s: GRANT SELECT ON %s TO the role", t, pgx.Identifier{t.Schema, t.Name}.Sanitize())
+	}
+	pred := pgx.Identifier{col.Name}.Sanitize() + " = " + promoted.QuoteLiteral(t.TenantLiteral) + "::" + col.Type
 	var out []byte
 	if err := tx.QueryRow(ctx, "EXPLAIN (FORMAT JSON) SELECT * FROM "+pgx.Identifier{t.Schema, t.Name}.Sanitize()+" WHERE "+pred).Scan(&out); err != nil {
 		return fmt.Errorf("plan %s: estimate: %w", t, err)
@@ -284,19 +293,6 @@ func (p *Plan) readTenant(ctx context.Context, tx pgx.Tx, t *promoted.Table) err
 	t.EstimatedRows = int64(plans[0].Plan.Rows)
 	t.EstimatedBytes = int64(plans[0].Plan.Rows * plans[0].Plan.Width)
 	return nil
-}
-
-// quoteLiteral quotes s as an SQL string literal under
-// standard_conforming_strings, which every session of promoted sets.
-func quoteLiteral(s string) string {
-	b := []byte{'\''}
-	for i := 0; i < len(s); i++ {
-		if s[i] == '\'' {
-			b = append(b, '\'')
-		}
-		b = append(b, s[i])
-	}
-	return string(append(b, '\''))
 }
 
 // SearchPath is the search_path the target DDL runs under: the names the

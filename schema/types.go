@@ -6,6 +6,8 @@ import (
 	"strings"
 
 	"github.com/jackc/pgx/v5"
+
+	"github.com/promoted/promoted"
 )
 
 // firstUserOID is PostgreSQL's FirstNormalObjectId: objects below it are
@@ -131,7 +133,7 @@ func (p *Plan) addType(ctx context.Context, tx pgx.Tx, oid uint32, ti *typeInfo)
 			return fmt.Errorf("type %s: %w", qualified, err)
 		}
 		for i, l := range labels {
-			labels[i] = quoteLiteral(l)
+			labels[i] = promoted.QuoteLiteral(l)
 		}
 		body = "CREATE TYPE " + name + " AS ENUM (" + strings.Join(labels, ", ") + ")"
 	case "d":

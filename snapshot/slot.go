@@ -95,11 +95,9 @@ func TenantPredicate(t *promoted.Table) string {
 	return pred
 }
 
-// QuoteLiteral quotes s as an SQL string literal under
-// standard_conforming_strings, which every session of promoted sets.
-func QuoteLiteral(s string) string {
-	return "'" + strings.ReplaceAll(s, "'", "''") + "'"
-}
+// QuoteLiteral is promoted.QuoteLiteral, kept here for callers of the
+// snapshot package.
+func QuoteLiteral(s string) string { return promoted.QuoteLiteral(s) }
 
 // Slot is a created slot and its exported snapshot.
 type Slot struct {
@@ -113,7 +111,18 @@ type Slot struct {
 // open and idle: send nothing on it until every copy worker has imported
 // the snapshot.
 func CreateSlot(ctx context.Context, conn *pgconn.PgConn, name string) (*Slot, error) {
-	res, err := pglogrepl.ParseCreateReplicationSlot(conn.Exec(ctx, "CREATE_REPLICATION_SLOT "+name+" LOGICAL pgoutput (SNAPSHOT 'export')"))
+	return createSlot(ctx, conn, name, "")
+}
+
+// CreateTemporarySlot creates a slot that vanishes with conn, for its
+// exported snapshot only: a source snapshot at a known LSN, which live
+// verification compares with the target paused at that LSN.
+func CreateTemporarySlot(ctx context.Context, conn *pgconn.PgConn, name string) (*Slot, error) {
+	return createSlot(ctx, conn, name, "TEMPORARY ")
+}
+
+func createSlot(ctx context.Context, conn *pgconn.PgConn, name, kind string) (*Slot, error) {
+	res, err := pglogrepl.ParseCreateReplicationSlot(conn.Exec(ctx, "CREATE_REPLICATION_SLOT "+name+" "+kind+"LOGICAL pgoutput (SNAPSHOT 'export')"))
 	if err != nil {
 		var pgErr *pgconn.PgError
 		if errors.As(err, &pgErr) && pgErr.Code == "55P03" {
@@ -179,6 +188,25 @@ func Drop(ctx context.Context, conn *pgx.Conn, n Names) error {
 			return fmt.Errorf("drop slot %s: %w", n.Slot, err)
 		}
 		time.Sleep(100 * time.Millisecond)
+	}
+	// Empty the publication first and let the relcache invalidation settle:
+	// a DROP PUBLICATION racing a writer that is rebuilding its table's
+	// publication list fails that writer's statement with "cache lookup
+	// failed for publication" (seen on 15.18), and that writer may be
+	// another tenant's.
+	rows, err := conn.Query(ctx, `SELECT format('%I.%I', schemaname, tablename) FROM pg_publication_tables WHERE pubname = $1`, n.Publication)
+	if err != nil {
+		return fmt.Errorf("drop publication %s: %w", n.Publication, err)
+	}
+	tables, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	if err != nil {
+		return fmt.Errorf("drop publication %s: %w", n.Publication, err)
+	}
+	if len(tables) > 0 {
+		if _, err := conn.Exec(ctx, "ALTER PUBLICATION "+pgx.Identifier{n.Publication}.Sanitize()+" DROP TABLE "+strings.Join(tables, ", ")); err != nil {
+			return fmt.Errorf("drop publication %s: %w", n.Publication, err)
+		}
+		time.Sleep(200 * time.Millisecond)
 	}
 	if _, err := conn.Exec(ctx, "DROP PUBLICATION IF EXISTS "+pgx.Identifier{n.Publication}.Sanitize()); err != nil {
 		return fmt.Errorf("drop publication %s: %w", n.Publication, err)

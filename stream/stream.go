@@ -107,7 +107,7 @@ func (s *Stream) ServerWALEnd() promoted.LSN { return promoted.LSN(s.walEnd.Load
 // flushed and the durable position acknowledged.
 func (s *Stream) Run(ctx context.Context, start promoted.LSN, sink promoted.Sink) error {
 	err := pglogrepl.StartReplication(ctx, s.conn, s.cfg.Slot, start, pglogrepl.StartReplicationOptions{
-		PluginArgs: []string{"proto_version '1'", "publication_names " + quoteLiteral(s.cfg.Publication), "messages 'true'"},
+		PluginArgs: []string{"proto_version '1'", "publication_names " + promoted.QuoteLiteral(s.cfg.Publication), "messages 'true'"},
 	})
 	if err != nil {
 		return fmt.Errorf("start replication on slot %s: %w", s.cfg.Slot, err)
@@ -367,6 +367,7 @@ func (s *Stream) receive(ctx context.Context, start promoted.LSN, sink promoted.
 				}
 				// Content aliases the receive buffer (hazards.md 2.5).
 				content := append([]byte(nil), m.Content...)
+				s.log.Debug("marker received", "lsn", xld.WALStart.String())
 				txn.Changes = append(txn.Changes, promoted.Change{Op: promoted.Message, Content: content})
 			case *pglogrepl.TypeMessage, *pglogrepl.OriginMessage:
 			default:
@@ -413,15 +414,4 @@ func (s *Stream) setWALEnd(l promoted.LSN) {
 		s.walEnd.Store(uint64(l))
 		s.metrics.walEnd.Set(float64(l))
 	}
-}
-
-func quoteLiteral(s string) string {
-	out := []byte{'\''}
-	for i := 0; i < len(s); i++ {
-		if s[i] == '\'' {
-			out = append(out, '\'')
-		}
-		out = append(out, s[i])
-	}
-	return string(append(out, '\''))
 }

@@ -2,13 +2,16 @@ package testenv
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"math/rand/v2"
 	"strings"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 )
 
@@ -112,20 +115,67 @@ func SeedSaaS(ctx context.Context, dsn string, scale, bigFactor int) error {
 // that move between tenants. It counts acknowledged writes and errors.
 type Writer struct {
 	Tenant int
+	ID     int
 	Acks   atomic.Int64
 	Errs   atomic.Int64
 	Last   atomic.Value
+	// Router, when set, routes the writer by the catalog: a fenced write
+	// (PM001) makes it re-resolve the tenant's location, as an
+	// application following the catalog contract would.
+	Router *Router
+	Fenced atomic.Int64
+	// FirstFenced and LastFenced are when the writer first and last saw
+	// PM001.
+	FirstFenced, LastFenced atomic.Value
+	// Moved is set once the writer writes at a location other than its
+	// first.
+	Moved atomic.Bool
+
+	mu     sync.Mutex
+	ledger []string
+	seq    int
+}
+
+// Ledger returns the emails of the customers this writer inserted and saw
+// acknowledged: each must be found wherever the tenant ends up.
+func (w *Writer) Ledger() []string {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return append([]string(nil), w.ledger...)
 }
 
 // Run writes until ctx ends.
 func (w *Writer) Run(ctx context.Context, pool *pgxpool.Pool, seed uint64) {
 	r := rand.New(rand.NewPCG(seed, uint64(w.Tenant)))
-	for ctx.Err() == nil {
-		err := w.step(ctx, pool, r)
-		if err != nil && ctx.Err() == nil {
+	version := int64(-1)
+	if w.Router != nil {
+		var err error
+		if pool, version, err = w.Router.Resolve(ctx, w.Tenant); err != nil {
 			w.Errs.Add(1)
 			w.Last.Store(err.Error())
-		} else if err == nil {
+			return
+		}
+	}
+	for ctx.Err() == nil {
+		err := w.step(ctx, pool, r)
+		var pgErr *pgconn.PgError
+		switch {
+		case err != nil && w.Router != nil && errors.As(err, &pgErr) && pgErr.Code == "PM001":
+			if w.Fenced.Add(1) == 1 {
+				w.FirstFenced.Store(time.Now())
+			}
+			w.LastFenced.Store(time.Now())
+			p, v, rerr := w.Router.Resolve(ctx, w.Tenant)
+			if rerr == nil && v != version {
+				pool, version = p, v
+				w.Moved.Store(true)
+			} else {
+				time.Sleep(2 * time.Millisecond)
+			}
+		case err != nil && ctx.Err() == nil:
+			w.Errs.Add(1)
+			w.Last.Store(err.Error())
+		case err == nil:
 			w.Acks.Add(1)
 		}
 	}
@@ -133,7 +183,19 @@ func (w *Writer) Run(ctx context.Context, pool *pgxpool.Pool, seed uint64) {
 
 func (w *Writer) step(ctx context.Context, pool *pgxpool.Pool, r *rand.Rand) error {
 	tn := w.Tenant
-	switch r.IntN(10) {
+	switch r.IntN(11) {
+	case 10: // a customer whose acknowledgement the test checks at the end
+		w.mu.Lock()
+		w.seq++
+		email := fmt.Sprintf("ledger-%d-%d-%d@example.com", tn, w.ID, w.seq)
+		w.mu.Unlock()
+		if _, err := pool.Exec(ctx, `INSERT INTO customers (tenant_id, email) VALUES ($1, $2)`, tn, email); err != nil {
+			return err
+		}
+		w.mu.Lock()
+		w.ledger = append(w.ledger, email)
+		w.mu.Unlock()
+		return nil
 	case 0, 1: // a new order with lines, in one transaction
 		tx, err := pool.Begin(ctx)
 		if err != nil {
@@ -167,6 +229,11 @@ func (w *Writer) step(ctx context.Context, pool *pgxpool.Pool, r *rand.Rand) err
 		return err
 	case 6: // move an event to another tenant and maybe back
 		other := 1 + r.IntN(5)
+		if w.Router != nil {
+			// A routed application cannot move a row into a tenant that
+			// may live elsewhere: that is a write to the other tenant.
+			other = tn
+		}
 		_, err := pool.Exec(ctx, `UPDATE events SET tenant_id = $2 WHERE id = (SELECT id FROM events WHERE tenant_id = $1 ORDER BY random() LIMIT 1)`, tn, other)
 		return err
 	case 7:
@@ -181,6 +248,12 @@ func (w *Writer) step(ctx context.Context, pool *pgxpool.Pool, r *rand.Rand) err
 // Load starts perTenant writers on each tenant and returns a function that
 // stops them and returns them for their counts.
 func Load(ctx context.Context, dsn string, tenants []int, perTenant int) (stop func() []*Writer, err error) {
+	return LoadRouted(ctx, dsn, tenants, perTenant, nil)
+}
+
+// LoadRouted is Load with writers that follow the catalog through router
+// (nil: always the pooled database).
+func LoadRouted(ctx context.Context, dsn string, tenants []int, perTenant int, router *Router) (stop func() []*Writer, err error) {
 	pool, err := pgxpool.New(ctx, dsn)
 	if err != nil {
 		return nil, err
@@ -190,7 +263,7 @@ func Load(ctx context.Context, dsn string, tenants []int, perTenant int) (stop f
 	var ws []*Writer
 	for i, tn := range tenants {
 		for j := 0; j < perTenant; j++ {
-			w := &Writer{Tenant: tn}
+			w := &Writer{Tenant: tn, ID: len(ws), Router: router}
 			ws = append(ws, w)
 			wg.Add(1)
 			go func(seed uint64) { defer wg.Done(); w.Run(wctx, pool, seed) }(uint64(i*100 + j))

@@ -16,8 +16,9 @@ import (
 )
 
 // demo tells the whole story on throwaway local clusters: a pooled SaaS
-// database under load, its biggest tenant replicated live into a second
-// cluster, a row-by-row check, and everything removed afterwards.
+// database under load, its biggest tenant promoted live into a second
+// cluster, the catalog flipped, the tenant's writers following it, a
+// row-by-row check, the old rows cleaned up, and everything removed.
 func demo(ctx context.Context, args []string) error {
 	fs := pflag.NewFlagSet("demo", pflag.ContinueOnError)
 	var (
@@ -26,7 +27,7 @@ func demo(ctx context.Context, args []string) error {
 		live  time.Duration
 	)
 	fs.IntVar(&scale, "scale", 2000, "customers per small tenant (the big tenant has 10x)")
-	fs.DurationVar(&live, "live", 10*time.Second, "how long to keep replicating under load after the catch-up")
+	fs.DurationVar(&live, "live", 5*time.Second, "how long to replicate live under load before the cutover")
 	c.bind(fs)
 	if err := parse(fs, args); err != nil {
 		return err
@@ -72,8 +73,15 @@ func demo(ctx context.Context, args []string) error {
 		return err
 	}
 
-	say("starting writers on every tenant (orders, lines, updates, deletes, events moving between tenants)")
-	stopLoad, err := testenv.Load(ctx, srcDSN, []int{1, 2, 3, 4, 5}, 1)
+	say("starting writers on every tenant; they find each tenant's location in the catalog, as an application would")
+	router := &testenv.Router{CatalogDSN: srcDSN, Default: srcDSN, DSN: func(loc string) string {
+		if loc == job.Redact(dstDSN) {
+			return dstDSN
+		}
+		return srcDSN
+	}}
+	defer router.Close()
+	stopLoad, err := testenv.LoadRouted(ctx, srcDSN, []int{1, 2, 3, 4, 5}, 1, router)
 	if err != nil {
 		return err
 	}
@@ -84,82 +92,147 @@ func demo(ctx context.Context, args []string) error {
 		}
 	}()
 
-	say("replicating tenant 1 into the dedicated cluster, live")
-	j, err := job.New(job.Config{SourceDSN: srcDSN, TargetDSN: dstDSN, Tenant: "1", Tables: testenv.MovedTables}, log)
+	say("promoting tenant 1 into the dedicated cluster, live")
+	cfg := job.Config{SourceDSN: srcDSN, TargetDSN: dstDSN, Tenant: "1", Tables: testenv.MovedTables, Promote: true}
+	cfg.Cutover.Timeout = 5 * time.Second
+	j, err := job.New(cfg, log)
 	if err != nil {
 		return err
 	}
-	jctx, cancelJob := context.WithCancel(ctx)
-	defer cancelJob()
+	// Hold the cutover while the replica runs live for a while, so the
+	// demo shows the catch-up; a real promote cuts over as soon as the
+	// lag is below --max-lag.
+	j.Hooks.BeforeCutover = func(ctx context.Context) {
+		select {
+		case <-ctx.Done():
+		case <-time.After(live):
+		}
+	}
+	// At the drain point, under the fence, pin a snapshot of the target so
+	// the final row-by-row check sees it exactly as it was flipped.
+	atFlip := make(chan *pgx.Conn, 1)
+	j.Hooks.Cutover.AfterDrain = func() {
+		if conn, err := pinnedConn(ctx, dstDSN); err == nil {
+			if _, err := conn.Exec(ctx, "BEGIN ISOLATION LEVEL REPEATABLE READ; SELECT 1"); err == nil {
+				atFlip <- conn
+				return
+			}
+			conn.Close(ctx)
+		}
+	}
 	done := make(chan error, 1)
-	go func() { done <- j.Run(jctx) }()
+	go func() { done <- j.Run(ctx) }()
 
 	tick := time.NewTicker(time.Second)
 	defer tick.Stop()
-	var liveUntil time.Time
+	said := map[string]bool{}
+wait:
 	for {
 		select {
 		case err := <-done:
-			if err == nil {
-				err = errors.New("the move stopped early")
+			if err != nil {
+				return err
 			}
-			return err
+			break wait
 		case <-ctx.Done():
 			return ctx.Err()
 		case <-tick.C:
 		}
-		switch j.Phase() {
+		switch p := j.Phase(); p {
 		case "snapshot":
 			fmt.Printf("    snapshot: %d rows copied\n", j.RowsCopied())
 		case "catchup":
-			if liveUntil.IsZero() {
-				liveUntil = time.Now().Add(live)
+			if !said[p] {
 				say("snapshot copied; streaming the tenant's changes while the writers keep going")
+				said[p] = true
 			}
 			fmt.Printf("    live: applied up to %s, lag %d bytes\n", j.Applied(), j.Lag())
 		default:
-			fmt.Printf("    %s\n", j.Phase())
-		}
-		if !liveUntil.IsZero() && time.Now().After(liveUntil) {
-			break
+			fmt.Printf("    %s\n", p)
 		}
 	}
+	sum := j.Summary()
+	say("catalog flipped: tenant 1 now lives in the dedicated database")
+	printSummary(os.Stdout, "1", sum)
+	say("the writers of tenant 1 hit the fence (PM001), re-read the catalog and carry on in the dedicated database")
+	time.Sleep(3 * time.Second)
 	writers := stopLoad()
 	loadStopped = true
-	var acks, errs int64
+	var acks, errs, fenced int64
+	moved := 0
 	for _, w := range writers {
 		acks += w.Acks.Load()
 		errs += w.Errs.Load()
+		fenced += w.Fenced.Load()
+		if w.Moved.Load() {
+			moved++
+		}
 	}
-	say("writers stopped: %d writes acknowledged, %d failed", acks, errs)
-	end, err := currentLSN(ctx, srcDSN)
+	say("writers stopped: %d writes acknowledged, %d fenced and retried, %d failed; %d writer(s) moved", acks, fenced, errs, moved)
+	if errs > 0 {
+		return fmt.Errorf("%d writes failed", errs)
+	}
+
+	say("checking every row of tenant 1: the fenced source against the dedicated database as it was at the flip")
+	var snap *pgx.Conn
+	select {
+	case snap = <-atFlip:
+	default:
+		return errors.New("no snapshot of the target was taken at the drain point")
+	}
+	defer snap.Close(ctx)
+	if err := compareRows(ctx, srcDSN, snap, "1"); err != nil {
+		return err
+	}
+	if err := checkLedger(ctx, dstDSN, writers); err != nil {
+		return err
+	}
+
+	say("cleanup: deleting tenant 1's old rows from the pooled tables in batches, removing the fence")
+	deleted, err := job.Cleanup(ctx, job.EndConfig{SourceDSN: srcDSN, Tenant: "1", Tables: testenv.MovedTables}, log)
 	if err != nil {
 		return err
 	}
-	say("waiting for the dedicated database to reach the source's WAL position %s", end)
-	deadline := time.Now().Add(2 * time.Minute)
-	for j.Applied() < end {
-		if time.Now().After(deadline) {
-			return fmt.Errorf("the target did not catch up with %s within 2 minutes (applied %s)", end, j.Applied())
+	for _, t := range testenv.MovedTables {
+		fmt.Printf("      %-12s %9d old rows deleted\n", t, deleted["public."+t])
+	}
+	say("done; removing the clusters")
+	return nil
+}
+
+func pinnedConn(ctx context.Context, dsn string) (*pgx.Conn, error) {
+	cfg, err := pgx.ParseConfig(dsn)
+	if err != nil {
+		return nil, err
+	}
+	for k, v := range promoted.SessionParams {
+		cfg.RuntimeParams[k] = v
+	}
+	return pgx.ConnectConfig(ctx, cfg)
+}
+
+// checkLedger checks every customer a writer of tenant 1 inserted and saw
+// acknowledged, before or after the flip, is in the dedicated database.
+func checkLedger(ctx context.Context, dsn string, writers []*testenv.Writer) error {
+	conn, err := pgx.Connect(ctx, dsn)
+	if err != nil {
+		return err
+	}
+	defer conn.Close(ctx)
+	var want []string
+	for _, w := range writers {
+		if w.Tenant == 1 {
+			want = append(want, w.Ledger()...)
 		}
-		select {
-		case err := <-done:
-			return fmt.Errorf("the move stopped: %v", err)
-		case <-time.After(100 * time.Millisecond):
-		}
 	}
-	say("checking every row of tenant 1, table by table")
-	if err := compareRows(ctx, srcDSN, dstDSN, "1"); err != nil {
+	var found int
+	if err := conn.QueryRow(ctx, `SELECT count(*) FROM customers WHERE tenant_id = 1 AND email = ANY($1)`, want).Scan(&found); err != nil {
 		return err
 	}
-	cancelJob()
-	if err := <-done; err != nil {
-		return err
+	fmt.Printf("      %d of %d acknowledged customer inserts of tenant 1 found in the dedicated database\n", found, len(want))
+	if found != len(want) {
+		return fmt.Errorf("%d acknowledged writes are missing", len(want)-found)
 	}
-	if _, err := job.Cancel(ctx, srcDSN, "public", "1"); err != nil {
-		return err
-	}
-	say("replication stopped cleanly; slot and publication dropped; removing the clusters")
 	return nil
 }
 
@@ -196,27 +269,12 @@ func printCounts(ctx context.Context, dsn, schema, title, tenant string) error {
 
 // compareRows compares the tenant's rows one by one, in key order, as text
 // under pinned GUCs, and prints a line per table.
-func compareRows(ctx context.Context, srcDSN, dstDSN, tenant string) error {
-	open := func(dsn string) (*pgx.Conn, error) {
-		cfg, err := pgx.ParseConfig(dsn)
-		if err != nil {
-			return nil, err
-		}
-		for k, v := range promoted.SessionParams {
-			cfg.RuntimeParams[k] = v
-		}
-		return pgx.ConnectConfig(ctx, cfg)
-	}
-	s, err := open(srcDSN)
+func compareRows(ctx context.Context, srcDSN string, d *pgx.Conn, tenant string) error {
+	s, err := pinnedConn(ctx, srcDSN)
 	if err != nil {
 		return err
 	}
 	defer s.Close(ctx)
-	d, err := open(dstDSN)
-	if err != nil {
-		return err
-	}
-	defer d.Close(ctx)
 	bad := 0
 	for _, t := range testenv.MovedTables {
 		q := "SELECT x::text FROM " + pgx.Identifier{"public", t}.Sanitize() + " x WHERE tenant_id = $1 ORDER BY 1"

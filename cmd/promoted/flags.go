@@ -8,6 +8,8 @@ import (
 	"strings"
 
 	"github.com/spf13/pflag"
+
+	"github.com/promoted/promoted/job"
 )
 
 // common are the flags every command shares.
@@ -73,4 +75,36 @@ func required(fs *pflag.FlagSet, names ...string) error {
 		}
 	}
 	return nil
+}
+
+// moveCommand is what the commands that run a move (replicate, promote,
+// verify) share: the source, the target (named by targetFlag), the tenant,
+// the move's flags, parsing and the logger. extra binds the command's own
+// flags.
+type moveCommand struct {
+	common
+	cfg job.Config
+	log *slog.Logger
+}
+
+func parseMove(name string, args []string, targetFlag, targetHelp string, extra func(*pflag.FlagSet, *job.Config)) (*moveCommand, error) {
+	fs := pflag.NewFlagSet(name, pflag.ContinueOnError)
+	m := &moveCommand{}
+	fs.StringVar(&m.cfg.SourceDSN, "source", "", "source database connection string (passwords from the DSN, PGPASSWORD or ~/.pgpass)")
+	fs.StringVar(&m.cfg.TargetDSN, targetFlag, "", targetHelp)
+	fs.StringVar(&m.cfg.Tenant, "tenant", "", "the tenant's value of the tenant column")
+	m.bind(fs)
+	m.cfg.Bind(fs)
+	if extra != nil {
+		extra(fs, &m.cfg)
+	}
+	if err := parse(fs, args); err != nil {
+		return nil, err
+	}
+	if err := required(fs, "source", targetFlag, "tenant"); err != nil {
+		return nil, err
+	}
+	var err error
+	m.log, err = m.logger(os.Stderr)
+	return m, err
 }

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"os"
 	"os/signal"
+	"strings"
 	"syscall"
 
 	"github.com/spf13/pflag"
@@ -16,8 +17,11 @@ import (
 const usage = `promoted moves one tenant's data between PostgreSQL isolation tiers, live.
 
 Usage:
+  promoted promote   --source DSN --target DSN --tenant ID [flags]
   promoted replicate --source DSN --tenant ID --sink postgres://... [flags]
-  promoted cancel    --source DSN --tenant ID [--schema S]
+  promoted verify    --source DSN --target DSN --tenant ID   compare at a consistent point
+  promoted cancel    --source DSN --tenant ID [--drop-target --target DSN]
+  promoted cleanup   --source DSN --tenant ID   after a promote: delete the old rows
   promoted demo      the whole story on throwaway local clusters
 
 Run 'promoted COMMAND --help' for a command's flags. Every flag can also be
@@ -45,6 +49,12 @@ func run(args []string) int {
 	switch args[0] {
 	case "replicate":
 		err = replicate(ctx, args[1:])
+	case "promote":
+		err = promote(ctx, args[1:])
+	case "verify":
+		err = verifyCmd(ctx, args[1:])
+	case "cleanup":
+		err = cleanup(ctx, args[1:])
 	case "cancel":
 		err = cancel(ctx, args[1:])
 	case "demo":
@@ -59,7 +69,7 @@ func run(args []string) int {
 	case errors.Is(err, pflag.ErrHelp):
 		return 0
 	case errors.Is(err, errUsage):
-		fmt.Fprintln(os.Stderr, "promoted:", errors.Unwrap(err))
+		fmt.Fprintln(os.Stderr, "promoted:", strings.TrimPrefix(err.Error(), errUsage.Error()+": "))
 		return 2
 	default:
 		fmt.Fprintln(os.Stderr, "promoted:", err)

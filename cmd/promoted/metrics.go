@@ -14,7 +14,7 @@ import (
 
 // serveMetrics serves /metrics until ctx ends. It binds before returning so
 // a bad address is reported as a usage error at start.
-func serveMetrics(ctx context.Context, addr string, log *slog.Logger) error {
+func serveMetrics(ctx context.Context, addr string, log *slog.Logger, extra ...route) error {
 	if addr == "" {
 		return nil
 	}
@@ -24,6 +24,9 @@ func serveMetrics(ctx context.Context, addr string, log *slog.Logger) error {
 	}
 	mux := http.NewServeMux()
 	mux.Handle("/metrics", promhttp.Handler())
+	for _, r := range extra {
+		mux.Handle(r.path, r.h)
+	}
 	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
 	go func() {
 		<-ctx.Done()
@@ -38,4 +41,10 @@ func serveMetrics(ctx context.Context, addr string, log *slog.Logger) error {
 	}()
 	log.Info("serving metrics", "addr", l.Addr().String())
 	return nil
+}
+
+// route is an extra endpoint next to /metrics.
+type route struct {
+	path string
+	h    http.Handler
 }

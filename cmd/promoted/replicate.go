@@ -5,9 +5,8 @@ import (
 	"fmt"
 	"os"
 	"strings"
+	"syscall"
 	"time"
-
-	"github.com/spf13/pflag"
 
 	"github.com/promoted/promoted/job"
 )
@@ -15,36 +14,19 @@ import (
 // replicate keeps a PostgreSQL schema or database equal to one tenant's
 // rows until it is stopped (SIGINT/SIGTERM), then stops cleanly.
 func replicate(ctx context.Context, args []string) error {
-	fs := pflag.NewFlagSet("replicate", pflag.ContinueOnError)
-	var (
-		c    common
-		cfg  job.Config
-		sink string
-	)
-	fs.StringVar(&cfg.SourceDSN, "source", "", "source database connection string (passwords from the DSN, PGPASSWORD or ~/.pgpass)")
-	fs.StringVar(&cfg.Tenant, "tenant", "", "the tenant's value of the tenant column")
-	fs.StringVar(&sink, "sink", "", "where the tenant's rows go: postgres://... (a database; the schema is --target-schema)")
-	c.bind(fs)
-	cfg.Bind(fs)
-	if err := parse(fs, args); err != nil {
-		return err
-	}
-	if err := required(fs, "source", "tenant", "sink"); err != nil {
-		return err
-	}
-	if !strings.HasPrefix(sink, "postgres://") && !strings.HasPrefix(sink, "postgresql://") {
-		return fmt.Errorf("%w: --sink %q: only postgres://... sinks are supported so far", errUsage, sink)
-	}
-	cfg.TargetDSN = sink
-	log, err := c.logger(os.Stderr)
+	m, err := parseMove("replicate", args, "sink", "where the tenant's rows go: postgres://... (a database; the schema is --target-schema)", nil)
 	if err != nil {
 		return err
 	}
-	if err := serveMetrics(ctx, c.metricsAddr, log); err != nil {
-		return err
+	cfg, c, log := m.cfg, m.common, m.log
+	if sink := cfg.TargetDSN; !strings.HasPrefix(sink, "postgres://") && !strings.HasPrefix(sink, "postgresql://") {
+		return fmt.Errorf("%w: --sink %q: only postgres://... sinks are supported so far", errUsage, sink)
 	}
 	j, err := job.New(cfg, log)
 	if err != nil {
+		return err
+	}
+	if err := serveMetrics(ctx, c.metricsAddr, log, route{"/verify", verifyHandler(j)}); err != nil {
 		return err
 	}
 	testHooks(j)
@@ -56,5 +38,16 @@ func replicate(ctx context.Context, args []string) error {
 func testHooks(j *job.Job) {
 	if d, err := time.ParseDuration(os.Getenv("PROMOTED_TEST_CHUNK_DELAY")); err == nil && d > 0 {
 		j.Hooks.AfterChunk = func(string) { time.Sleep(d) }
+	}
+	// PROMOTED_TEST_CRASH_AT=arm|drain|flip kills the process (SIGKILL, no
+	// cleanup) at that step of the cutover.
+	crash := func() { syscall.Kill(os.Getpid(), syscall.SIGKILL); select {} }
+	switch os.Getenv("PROMOTED_TEST_CRASH_AT") {
+	case "arm":
+		j.Hooks.Cutover.AfterArm = crash
+	case "drain":
+		j.Hooks.Cutover.AfterDrain = crash
+	case "flip":
+		j.Hooks.Cutover.AfterFlip = crash
 	}
 }

@@ -1,0 +1,48 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"sort"
+
+	"github.com/spf13/pflag"
+
+	"github.com/promoted/promoted/job"
+)
+
+// cleanup deletes a promoted tenant's old rows from the pooled tables in
+// small batches and removes the fence, slot and publication.
+func cleanup(ctx context.Context, args []string) error {
+	fs := pflag.NewFlagSet("cleanup", pflag.ContinueOnError)
+	var c common
+	var cfg job.EndConfig
+	endFlags(fs, &cfg)
+	fs.IntVar(&cfg.BatchRows, "batch-rows", 5000, "rows deleted per transaction")
+	fs.DurationVar(&cfg.Pause, "batch-pause", 0, "pause between batches, to spare the source")
+	c.bind(fs)
+	if err := parse(fs, args); err != nil {
+		return err
+	}
+	if err := required(fs, "source", "tenant"); err != nil {
+		return err
+	}
+	log, err := c.logger(os.Stderr)
+	if err != nil {
+		return err
+	}
+	deleted, err := job.Cleanup(ctx, cfg, log.With("tenant", cfg.Tenant))
+	if err != nil {
+		return err
+	}
+	names := make([]string, 0, len(deleted))
+	for n := range deleted {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	fmt.Printf("tenant %s cleaned up: fence, slot and publication removed\n", cfg.Tenant)
+	for _, n := range names {
+		fmt.Printf("  deleted %-30s %10d rows\n", n, deleted[n])
+	}
+	return nil
+}

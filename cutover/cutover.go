@@ -1,0 +1,216 @@
+package cutover
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"strings"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/spf13/pflag"
+
+	"github.com/promoted/promoted"
+	"github.com/promoted/promoted/schema"
+	"github.com/promoted/promoted/verify"
+)
+
+// Config tunes the cutover.
+type Config struct {
+	// MaxLag is how far behind (WAL bytes) the target may be when the
+	// fence is armed: the drain must fit in the timeout.
+	MaxLag int64
+	// Timeout bounds fence-armed-to-flip; past it the fence is disarmed.
+	Timeout time.Duration
+	// Location is what the catalog entry flips to.
+	Location string
+	// FlipSQL replaces the default catalog update (see Catalog).
+	FlipSQL string
+	// CatalogDSN is the catalog database (default: the source).
+	CatalogDSN string
+	// SkipVerify skips the count and checksum comparison under the fence.
+	SkipVerify bool
+}
+
+// Bind registers the cutover's flags.
+func (c *Config) Bind(fs *pflag.FlagSet) {
+	fs.Int64Var(&c.MaxLag, "max-lag", 1<<20, "start the cutover only when the target is less than this many WAL bytes behind")
+	fs.DurationVar(&c.Timeout, "cutover-timeout", 5*time.Second, "longest the tenant's writes may be fenced; past it the fence is disarmed and the source stays authoritative")
+	fs.StringVar(&c.Location, "location", "", "what the tenant's catalog entry flips to (default: the target's host:port/database)")
+	fs.StringVar(&c.FlipSQL, "flip-sql", "", "flip your own routing table instead of promoted.tenant_catalog: $1 tenant, $2 location, $3 target schema")
+	fs.StringVar(&c.CatalogDSN, "catalog", "", "catalog database connection string (default: the source)")
+	fs.BoolVar(&c.SkipVerify, "skip-verify", false, "do not compare counts and checksums under the fence (faster, unchecked)")
+}
+
+// Validate checks the configuration.
+func (c *Config) Validate() error {
+	if c.MaxLag <= 0 {
+		c.MaxLag = 1 << 20
+	}
+	if c.Timeout <= 0 {
+		return errors.New("--cutover-timeout must be positive: pass e.g. 5s")
+	}
+	return nil
+}
+
+// Hooks run at the steps of the cutover, so tests can inject faults (a
+// crash, a slow drain) exactly there.
+type Hooks struct {
+	BeforeArm, AfterArm, AfterDrain, AfterFlip func()
+}
+
+// Drainer is the part of the sink the cutover waits on.
+type Drainer interface {
+	// Marker returns the end LSN of the applied transaction that carried
+	// the marker, once it is durable on the target.
+	Marker(content string) (promoted.LSN, bool)
+}
+
+// Move is what the cutover needs to know about the move.
+type Move struct {
+	JobID, Tenant, Schema, TargetSchema string
+	Tables                              []*promoted.Table
+	Sequences                           []schema.Sequence
+	// Entry is the catalog entry read at prepare: the flip's
+	// compare-and-swap is against its version.
+	Entry Entry
+}
+
+// Summary is what the cutover did.
+type Summary struct {
+	// Blocked is fence armed to catalog flipped: how long the tenant's
+	// writes were rejected.
+	Blocked    time.Duration
+	LagAtFence int64
+	MarkerLSN  promoted.LSN
+	// PreVerify is the full comparison at a consistent point just before
+	// the fence, when the job made one; Verify is the check under it.
+	PreVerify *verify.Result
+	Verify    *verify.Result
+	Version   int64
+}
+
+// Cutover runs one attempt at the cutover.
+type Cutover struct {
+	cfg     Config
+	src     *pgx.Conn // source, pinned session settings
+	dst     *pgx.Conn // target, pinned session settings
+	catalog *Catalog
+	log     *slog.Logger
+	m       *metrics
+	Hooks   Hooks
+	// Check replaces the full comparison under the fence (the job
+	// re-checks only the rows changed since a full live verification just
+	// before the cutover, so the fence lasts as long as the changes, not
+	// the tenant's size).
+	Check func(ctx context.Context, src, dst *pgx.Conn) (*verify.Result, error)
+}
+
+// New makes a cutover over open connections; it owns none of them.
+func New(cfg Config, src, dst *pgx.Conn, catalog *Catalog, tenant string, log *slog.Logger) *Cutover {
+	return &Cutover{cfg: cfg, src: src, dst: dst, catalog: catalog, log: log, m: newMetrics(tenant)}
+}
+
+// Run arms the fence, waits out older transactions, writes the marker,
+// drains through it, verifies, syncs sequences and flips. Any failure, or
+// the timeout, disarms the fence before returning: the source stays
+// authoritative and the move can try again. lag reports the current lag.
+func (c *Cutover) Run(ctx context.Context, mv Move, sink Drainer, lag int64) (*Summary, error) {
+	sum := &Summary{LagAtFence: lag}
+	if c.Hooks.BeforeArm != nil {
+		c.Hooks.BeforeArm()
+	}
+	start := time.Now()
+	armedAt, err := Arm(ctx, c.src, mv.Schema, mv.Tenant, mv.JobID)
+	if err != nil {
+		return nil, err
+	}
+	c.m.attempts.Inc()
+	c.log.Info("fence armed", "lag_bytes", lag)
+	flipped := false
+	defer func() {
+		if flipped {
+			return
+		}
+		dctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		if err := Disarm(dctx, c.src, mv.Schema, mv.Tenant, mv.JobID); err != nil {
+			c.log.Error("disarm fence after a failed cutover: the tenant's writes stay fenced until `promoted cancel` or a rerun", "err", err)
+			return
+		}
+		c.m.aborted.Inc()
+		c.log.Warn("fence disarmed: the source stays authoritative", "fenced_ms", time.Since(start).Milliseconds())
+	}()
+	if c.Hooks.AfterArm != nil {
+		c.Hooks.AfterArm()
+	}
+	dctx, cancel := context.WithTimeout(ctx, c.cfg.Timeout)
+	defer cancel()
+	if err := Barrier(dctx, c.src, armedAt); err != nil {
+		return nil, err
+	}
+	step := func(name string) { c.log.Debug("cutover step", "step", name, "ms", time.Since(start).Milliseconds()) }
+	step("barrier")
+	content := fmt.Sprintf("fence:%s:%d", mv.JobID, armedAt.UnixNano())
+	if sum.MarkerLSN, err = EmitMarker(dctx, c.src, content); err != nil {
+		return nil, err
+	}
+	step("marker")
+	for {
+		if _, ok := sink.Marker(content); ok {
+			break
+		}
+		select {
+		case <-dctx.Done():
+			return nil, fmt.Errorf("the target did not apply the fence marker at %s within --cutover-timeout %s: the fence is disarmed; retry when the lag is lower or raise --cutover-timeout", sum.MarkerLSN, c.cfg.Timeout)
+		case <-time.After(time.Millisecond):
+		}
+	}
+	c.log.Info("drained through the fence marker", "marker_lsn", sum.MarkerLSN.String(), "ms", time.Since(start).Milliseconds())
+	if c.Hooks.AfterDrain != nil {
+		c.Hooks.AfterDrain()
+	}
+	if !c.cfg.SkipVerify {
+		check := c.Check
+		if check == nil {
+			check = func(ctx context.Context, src, dst *pgx.Conn) (*verify.Result, error) {
+				return verify.Compare(ctx, src, dst, mv.Tables, verify.Options{})
+			}
+		}
+		res, err := check(dctx, c.src, c.dst)
+		if err != nil {
+			return nil, fmt.Errorf("verify under the fence: %w", err)
+		}
+		sum.Verify = res
+		if !res.Equal() {
+			return sum, fmt.Errorf("the target differs from the source under the fence, so the catalog was not flipped: %s", strings.ReplaceAll(res.Summary(), "\n", "; "))
+		}
+	}
+	step("verified")
+	if err := SyncSequences(dctx, c.src, c.dst, mv.Sequences); err != nil {
+		return nil, err
+	}
+	step("sequences")
+	if dctx.Err() != nil {
+		return nil, fmt.Errorf("the cutover took longer than --cutover-timeout %s: the fence is disarmed and the catalog unchanged", c.cfg.Timeout)
+	}
+	sum.Version, err = c.catalog.Flip(dctx, mv.JobID, mv.Tenant, c.cfg.Location, mv.TargetSchema, mv.Entry.Version)
+	if err != nil {
+		// A lost connection during COMMIT leaves the outcome unknown: the
+		// flip record says what happened.
+		if ok, v, rerr := c.catalog.Flipped(context.Background(), mv.JobID); rerr == nil && ok {
+			sum.Version = v
+		} else {
+			return nil, err
+		}
+	}
+	flipped = true
+	sum.Blocked = time.Since(start)
+	c.m.blocked.Observe(sum.Blocked.Seconds())
+	c.log.Info("catalog flipped", "version", sum.Version, "location", c.cfg.Location, "blocked_ms", sum.Blocked.Milliseconds())
+	if c.Hooks.AfterFlip != nil {
+		c.Hooks.AfterFlip()
+	}
+	return sum, nil
+}

@@ -1,0 +1,255 @@
+package job
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/promoted/promoted"
+	"github.com/promoted/promoted/apply"
+	"github.com/promoted/promoted/cutover"
+	"github.com/promoted/promoted/snapshot"
+	"github.com/promoted/promoted/stream"
+	"github.com/promoted/promoted/verify"
+)
+
+// errFlipped stops the stream once the catalog has flipped.
+var errFlipped = errors.New("catalog flipped")
+
+// Summary is what a promotion did, for the report `promote` prints and for
+// tests.
+type Summary struct {
+	// Copied is the rows copied per table by this run's snapshot (empty
+	// when the run resumed after the copy).
+	Copied     map[string]int64
+	RowsCopied int64
+	// Changes is the row changes this run applied.
+	Changes int64
+	Cutover *cutover.Summary
+	// AlreadyFlipped is set when an earlier run had flipped the catalog
+	// and this run only finished its cleanup of the slot.
+	AlreadyFlipped bool
+	Version        int64
+}
+
+// Summary returns the promotion's summary once Run has returned nil.
+func (j *Job) Summary() *Summary { return j.summary }
+
+// catalogConn opens the catalog database (the source by default).
+func (j *Job) catalog(ctx context.Context) (*cutover.Catalog, error) {
+	dsn := j.cfg.Cutover.CatalogDSN
+	if dsn == "" {
+		dsn = j.cfg.SourceDSN
+	}
+	conn, err := connect(ctx, dsn, "catalog", "promoted")
+	if err != nil {
+		return nil, err
+	}
+	return &cutover.Catalog{Conn: conn, FlipSQL: j.cfg.Cutover.FlipSQL}, nil
+}
+
+// preparePromote settles what an earlier, interrupted run left (a flip
+// that committed, or a fence still armed), then installs the fence
+// triggers and reads the catalog entry. It reports done when the move had
+// already flipped.
+func (j *Job) preparePromote(ctx context.Context, src *pgx.Conn) (bool, error) {
+	cat, err := j.catalog(ctx)
+	if err != nil {
+		return false, err
+	}
+	defer cat.Conn.Close(context.Background())
+	tenant := tenantOf(j.plan.Tables, j.cfg.Tenant)
+	if j.entry, err = cat.Prepare(ctx, tenant, Redact(j.cfg.SourceDSN), j.cfg.Schema); err != nil {
+		return false, err
+	}
+	flipped, version, err := cat.Flipped(ctx, j.ID)
+	if err != nil {
+		return false, err
+	}
+	if flipped {
+		j.log.Warn("an earlier run flipped the catalog: finishing its cleanup of the slot and publication", "stage", "cutover", "version", version)
+		j.summary = &Summary{AlreadyFlipped: true, Version: version}
+		return true, j.finish(ctx)
+	}
+	armed, err := cutover.Armed(ctx, src, j.cfg.Schema, tenant, j.ID)
+	if err != nil {
+		return false, err
+	}
+	if armed {
+		// The catalog did not flip, so the source is still authoritative:
+		// let the tenant write again before anything else.
+		if err := cutover.Disarm(ctx, src, j.cfg.Schema, tenant, j.ID); err != nil {
+			return false, err
+		}
+		j.log.Warn("an earlier run stopped during the cutover before the flip: fence disarmed, the source stays authoritative", "stage", "cutover")
+	}
+	if err := recordJob(ctx, src, &j.cfg, j.ID, "promote", "prepare"); err != nil {
+		return false, err
+	}
+	if err := cutover.InstallFence(ctx, src, j.plan.Tables); err != nil {
+		return false, err
+	}
+	return false, nil
+}
+
+// cutover waits until the lag is below --max-lag, then runs the cutover
+// while the stream keeps applying. It returns errFlipped on success.
+func (j *Job) cutover(ctx context.Context, st *stream.Stream, sink *apply.Postgres) error {
+	if j.Hooks.BeforeCutover != nil {
+		j.Hooks.BeforeCutover(ctx)
+	}
+	src, err := connect(ctx, j.cfg.SourceDSN, "source", "promoted-cutover")
+	if err != nil {
+		return err
+	}
+	defer src.Close(context.Background())
+	var check func(context.Context, *pgx.Conn, *pgx.Conn) (*verify.Result, error)
+	if !j.cfg.Cutover.SkipVerify {
+		if check, err = j.preVerify(ctx, sink); err != nil {
+			setJobPhase(context.Background(), src, j.ID, PhaseFailed, err.Error(), nil)
+			return fmt.Errorf("cutover: %w", err)
+		}
+	}
+	lag, err := j.waitCaughtUp(ctx, src, st, sink)
+	if err != nil {
+		return err
+	}
+	dst, err := connect(ctx, j.cfg.TargetDSN, "target", "promoted-cutover")
+	if err != nil {
+		return err
+	}
+	defer dst.Close(context.Background())
+	cat, err := j.catalog(ctx)
+	if err != nil {
+		return err
+	}
+	defer cat.Conn.Close(context.Background())
+	if err := setJobPhase(ctx, src, j.ID, PhaseArmed, "", nil); err != nil {
+		return err
+	}
+	j.setPhase("cutover")
+	c := cutover.New(j.cfg.Cutover, src, dst, cat, j.cfg.Tenant, j.log.With("stage", "cutover"))
+	c.Hooks = j.Hooks.Cutover
+	c.Check = check
+	sum, err := c.Run(ctx, cutover.Move{JobID: j.ID, Tenant: tenantOf(j.plan.Tables, j.cfg.Tenant), Schema: j.cfg.Schema,
+		TargetSchema: j.cfg.TargetSchema, Tables: j.plan.Tables, Sequences: j.plan.Sequences, Entry: j.entry}, sink, lag)
+	if err != nil {
+		if perr := setJobPhase(context.Background(), src, j.ID, PhaseFailed, err.Error(), nil); perr != nil {
+			j.log.Error("record failed cutover", "err", perr)
+		}
+		return fmt.Errorf("cutover: %w", err)
+	}
+	blocked := sum.Blocked.Milliseconds()
+	if err := setJobPhase(ctx, src, j.ID, "flipped", "", &blocked); err != nil {
+		j.log.Error("record flip (the catalog has flipped)", "err", err)
+	}
+	sum.PreVerify = j.preVerified
+	j.summary = &Summary{Copied: map[string]int64{}, Changes: sink.Changes(), Cutover: sum, Version: sum.Version}
+	for t, n := range j.copied {
+		j.summary.Copied[t.String()] = n
+		j.summary.RowsCopied += n
+	}
+	return errFlipped
+}
+
+// preVerify compares the whole tenant at a consistent point before the
+// fence, without blocking its writes, and starts tracking the rows changed
+// after that point. Under the fence only those rows and the tables' counts
+// are then re-checked, unless the whole comparison is quick enough to
+// repeat there (a tenant of any size then cuts over in about the same
+// time).
+func (j *Job) preVerify(ctx context.Context, sink *apply.Postgres) (func(context.Context, *pgx.Conn, *pgx.Conn) (*verify.Result, error), error) {
+	pre, err := j.verifyAt(ctx, true)
+	if err != nil {
+		return nil, err
+	}
+	j.preVerified = pre
+	if !pre.Equal() {
+		return nil, fmt.Errorf("the target differs from the source before the fence, so no cutover was tried: %s", strings.ReplaceAll(pre.Summary(), "\n", "; "))
+	}
+	if pre.Duration < j.cfg.Cutover.Timeout/20 {
+		return nil, nil // the full comparison under the fence is cheap
+	}
+	tables := j.plan.Tables
+	return func(ctx context.Context, src, dst *pgx.Conn) (*verify.Result, error) {
+		start := time.Now()
+		touched := sink.Touched()
+		res := &verify.Result{}
+		for _, t := range tables {
+			var tr verify.TableResult
+			if touched.Whole[t] {
+				full, err := verify.Compare(ctx, src, dst, []*promoted.Table{t}, verify.Options{})
+				if err != nil {
+					return nil, err
+				}
+				tr = full.Tables[0]
+			} else if tr, err = verify.CompareKeys(ctx, src, dst, t, touched.Keys[t], verify.Options{}); err != nil {
+				return nil, err
+			}
+			res.Tables = append(res.Tables, tr)
+			res.Rows += int64(len(touched.Keys[t]))
+		}
+		res.Duration = time.Since(start)
+		j.log.Info("re-checked the rows changed since the full verification", "stage", "cutover", "rows", res.Rows, "ms", res.Duration.Milliseconds())
+		return res, nil
+	}, nil
+}
+
+// waitCaughtUp returns once the target is close enough behind the source
+// for the drain to fit well inside the cutover timeout: the source's
+// current WAL position, sampled, is reached by the stream within a fifth of
+// the timeout, and the target is less than --max-lag bytes behind it. The
+// stream's own view of the source's end is not enough: while it decodes a
+// backlog it only knows what it has been sent.
+func (j *Job) waitCaughtUp(ctx context.Context, src *pgx.Conn, st *stream.Stream, sink *apply.Postgres) (int64, error) {
+	for {
+		var s string
+		if err := src.QueryRow(ctx, "SELECT pg_current_wal_lsn()::text").Scan(&s); err != nil {
+			return 0, fmt.Errorf("read the source's WAL position: %w", err)
+		}
+		target, err := promoted.ParseLSN(s)
+		if err != nil {
+			return 0, err
+		}
+		lag := int64(target) - int64(sink.Durable())
+		start := time.Now()
+		for st.ServerWALEnd() < target {
+			select {
+			case <-ctx.Done():
+				return 0, ctx.Err()
+			case <-time.After(2 * time.Millisecond):
+			}
+		}
+		took := time.Since(start)
+		if lag < j.cfg.Cutover.MaxLag && took < j.cfg.Cutover.Timeout/5 {
+			j.log.Info("caught up: starting the cutover", "stage", "cutover", "lag_bytes", max(lag, 0), "decode_ms", took.Milliseconds())
+			return max(lag, 0), nil
+		}
+		j.log.Info("waiting for the lag to allow the cutover", "stage", "cutover", "lag_bytes", lag, "decode_ms", took.Milliseconds())
+	}
+}
+
+// finish drops what the source no longer needs after a flip: the slot and
+// the publication. The fence stays armed until `cleanup`.
+func (j *Job) finish(ctx context.Context) error {
+	if err := snapshot.Drop(ctx, j.src, j.names); err != nil {
+		return fmt.Errorf("the catalog has flipped, but dropping the slot failed (rerun promote or cleanup to finish): %w", err)
+	}
+	if err := setJobPhase(ctx, j.src, j.ID, PhaseDone, "flipped", nil); err != nil {
+		return err
+	}
+	j.setPhase(PhaseDone)
+	return nil
+}
+
+// tenantOf is the tenant literal the fence and catalog use.
+func tenantOf(tables []*promoted.Table, fallback string) string {
+	if len(tables) > 0 && tables[0].TenantLiteral != "" {
+		return tables[0].TenantLiteral
+	}
+	return fallback
+}
