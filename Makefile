@@ -15,5 +15,10 @@ test:
 	$(GO) vet ./...
 	$(GO) test -p 1 -count=1 -timeout 40m ./...
 
-bench: build
-	@echo "benchmarks arrive with issue 4"
+# Benchmarks against raw COPY and PostgreSQL's own subscriber, in one run:
+# `make bench` (default size, under 15 minutes on 2 cores) or
+# `make bench SIZE=small` (about a minute). The table is printed and
+# written as JSON under bench/out/.
+SIZE ?= default
+bench:
+	$(GO) run ./bench -size $(SIZE)

@@ -13,18 +13,23 @@ import (
 // the test closes it.
 func Pinned(t TB, ctx context.Context, dsn string) *pgx.Conn {
 	t.Helper()
-	cfg, err := pgx.ParseConfig(dsn)
-	if err != nil {
-		t.Fatalf("%v", err)
-	}
-	for k, v := range promoted.SessionParams {
-		cfg.RuntimeParams[k] = v
-	}
-	conn, err := pgx.ConnectConfig(ctx, cfg)
+	conn, err := PinnedConn(ctx, dsn)
 	if err != nil {
 		t.Fatalf("%v", err)
 	}
 	return conn
+}
+
+// PinnedConn is Pinned for callers outside tests (the demo, benchmarks).
+func PinnedConn(ctx context.Context, dsn string) (*pgx.Conn, error) {
+	cfg, err := pgx.ParseConfig(dsn)
+	if err != nil {
+		return nil, err
+	}
+	for k, v := range promoted.SessionParams {
+		cfg.RuntimeParams[k] = v
+	}
+	return pgx.ConnectConfig(ctx, cfg)
 }
 
 // TextRows runs q and returns its single text column.

@@ -201,14 +201,7 @@ wait:
 }
 
 func pinnedConn(ctx context.Context, dsn string) (*pgx.Conn, error) {
-	cfg, err := pgx.ParseConfig(dsn)
-	if err != nil {
-		return nil, err
-	}
-	for k, v := range promoted.SessionParams {
-		cfg.RuntimeParams[k] = v
-	}
-	return pgx.ConnectConfig(ctx, cfg)
+	return testenv.PinnedConn(ctx, dsn)
 }
 
 // checkLedger checks every customer a writer of tenant 1 inserted and saw

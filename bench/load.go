@@ -1,0 +1,128 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+	"time"
+)
+
+func execCommand(bin string, args ...string) *exec.Cmd {
+	cmd := exec.Command(bin, args...)
+	cmd.Env = os.Environ()
+	return cmd
+}
+
+// scripts writes the pgbench scripts: one transaction on the moving tenant
+// (an order with three lines, and an update of an existing order) and the
+// same on a random other tenant.
+func (e *env) scripts(dir string) (tenant, others string, err error) {
+	body := func(t string) string {
+		return fmt.Sprintf(`\set t %s
+\set c random(1, %d)
+\set o random(1, %d)
+BEGIN;
+INSERT INTO orders (tenant_id, id, customer_id, status, total, note, meta) VALUES (:t, nextval('orders_id_seq'), (:t - 1) * %d + :c, 'new', 10.5, 'bench order', '{"bench": true}') RETURNING id AS oid \gset
+INSERT INTO order_lines VALUES (:t, :oid, 1, 'SKU-1', 1, 1.0), (:t, :oid, 2, 'SKU-2', 2, 2.0), (:t, :oid, 3, 'SKU-3', 3, 3.0);
+UPDATE orders SET total = total + 1, status = 'paid' WHERE tenant_id = :t AND id = (:t - 1) * %d + :o;
+END;
+`, t, e.size.Customers, e.size.Orders, e.size.Customers, e.size.Orders)
+	}
+	tenant, others = filepath.Join(dir, "tenant.sql"), filepath.Join(dir, "others.sql")
+	if err = os.WriteFile(tenant, []byte(body("1")), 0o644); err == nil {
+		err = os.WriteFile(others, []byte(body(fmt.Sprintf("random(2, %d)", e.size.Tenants))), 0o644)
+	}
+	return tenant, others, err
+}
+
+// pgbench runs PostgreSQL's pgbench against the source with the given
+// arguments and returns its output; with logDir it keeps per-transaction
+// latency logs there.
+type pgbenchResult struct {
+	tps       float64
+	latencies []float64 // ms, when logged
+}
+
+func (e *env) pgbench(ctx context.Context, logDir string, args ...string) (pgbenchResult, error) {
+	full := append([]string{"-n", "-c", "2", "-j", "2"}, args...)
+	if logDir != "" {
+		full = append(full, "--log", "--log-prefix", filepath.Join(logDir, "pgbench_log"))
+	}
+	full = append(full, e.srcDSN)
+	cmd := exec.CommandContext(ctx, e.src.Bin("pgbench"), full...)
+	cmd.Dir = os.TempDir()
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		return pgbenchResult{}, fmt.Errorf("pgbench %s: %v\n%s", strings.Join(args, " "), err, out)
+	}
+	var r pgbenchResult
+	for _, line := range strings.Split(string(out), "\n") {
+		if strings.HasPrefix(line, "tps = ") {
+			fmt.Sscanf(line, "tps = %f", &r.tps)
+		}
+	}
+	if logDir != "" {
+		files, _ := filepath.Glob(filepath.Join(logDir, "pgbench_log*"))
+		for _, f := range files {
+			b, err := os.ReadFile(f)
+			if err != nil {
+				continue
+			}
+			for _, line := range strings.Split(string(b), "\n") {
+				fields := strings.Fields(line)
+				if len(fields) >= 3 {
+					if us, err := strconv.ParseFloat(fields[2], 64); err == nil {
+						r.latencies = append(r.latencies, us/1000)
+					}
+				}
+			}
+			os.Remove(f)
+		}
+	}
+	return r, nil
+}
+
+func percentile(xs []float64, p float64) float64 {
+	if len(xs) == 0 {
+		return 0
+	}
+	s := append([]float64(nil), xs...)
+	sort.Float64s(s)
+	i := int(p * float64(len(s)-1))
+	return s[i]
+}
+
+func median(xs []float64) float64 { return percentile(xs, 0.5) }
+
+// waitRow waits until the target holds the marker customer the benchmark
+// inserts after a backlog: both promoted and the native subscriber have
+// applied everything of the tenant before it.
+func waitRow(ctx context.Context, dstDSN string, id int64, timeout time.Duration) error {
+	deadline := time.Now().Add(timeout)
+	for time.Now().Before(deadline) {
+		var n int64
+		if conn, err := connect(ctx, dstDSN); err == nil {
+			conn.QueryRow(ctx, "SELECT count(*) FROM customers WHERE tenant_id = 1 AND id = $1", id).Scan(&n)
+			conn.Close(ctx)
+		}
+		if n > 0 {
+			return nil
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	return fmt.Errorf("the target did not show marker row %d within %s", id, timeout)
+}
+
+var markerSeq int64
+
+// insertMarker adds a customer of the moving tenant with a fresh negative
+// id and returns the id.
+func (e *env) insertMarker(ctx context.Context) (int64, error) {
+	markerSeq--
+	return markerSeq, exec1(ctx, e.srcDSN, "INSERT INTO customers (tenant_id, id, email) VALUES (1, $1, 'marker@example.com')", markerSeq)
+}

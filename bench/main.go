@@ -1,0 +1,213 @@
+// Command bench measures promoted against what PostgreSQL itself does, in
+// one run on the same clusters so a noisy machine's noise cancels out: the
+// snapshot copy against a raw COPY pipe, the backlog drain and live lag
+// against a native row-filtered subscription, verification against the
+// raw checksum query, the other tenants' throughput against a run with no
+// move, plus the cutover's write-blocked time and promoted's memory.
+//
+//	go run ./bench [-size default|small] [-out bench/out]
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"os"
+	"os/exec"
+	"os/signal"
+	"path/filepath"
+	"time"
+
+	"github.com/promoted/promoted/testenv"
+)
+
+func main() {
+	size := flag.String("size", "default", "default (a 1M-order tenant in a pooled database ten times larger) or small (about a minute)")
+	out := flag.String("out", "bench/out", "directory for the JSON report")
+	bin := flag.String("bin", "", "promoted binary (default: build ./cmd/promoted)")
+	flag.Parse()
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
+	defer stop()
+	r, err := run(ctx, *size, *bin, os.Stdout)
+	if r != nil {
+		r.print(os.Stdout)
+		if path, werr := r.write(*out); werr == nil {
+			fmt.Printf("\nreport written to %s\n", path)
+		}
+	}
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "bench:", err)
+		os.Exit(1)
+	}
+}
+
+// run performs a whole benchmark and returns its report.
+func run(ctx context.Context, sizeName, bin string, log *os.File) (*Report, error) {
+	sz, ok := sizes[sizeName]
+	if !ok {
+		return nil, fmt.Errorf("-size %q: use default or small", sizeName)
+	}
+	r := &Report{Size: sz.Name, Started: time.Now()}
+	say := func(f string, a ...any) { fmt.Fprintf(log, "==> "+f+"\n", a...) }
+	if bin == "" {
+		dir, err := os.MkdirTemp("", "promoted-bench-bin-")
+		if err != nil {
+			return nil, err
+		}
+		defer os.RemoveAll(dir)
+		bin = filepath.Join(dir, "promoted")
+		root, err := moduleRoot()
+		if err != nil {
+			return nil, err
+		}
+		build := exec.Command("go", "build", "-o", bin, "./cmd/promoted")
+		build.Dir = root
+		if b, err := build.CombinedOutput(); err != nil {
+			return nil, fmt.Errorf("build promoted: %v\n%s", err, b)
+		}
+	}
+	e := &env{size: sz, bin: bin}
+	var err error
+	say("starting two PostgreSQL 15 clusters (same settings, fsync off on both)")
+	if e.src, err = testenv.Start(ctx, testenv.Options{Name: "bench-src", Settings: map[string]string{"max_wal_size": "4GB", "shared_buffers": "512MB"}}); err != nil {
+		return nil, err
+	}
+	defer e.src.Stop()
+	if e.dst, err = testenv.Start(ctx, testenv.Options{Name: "bench-dst", Settings: map[string]string{"max_wal_size": "4GB", "shared_buffers": "512MB"}}); err != nil {
+		return nil, err
+	}
+	defer e.dst.Stop()
+	if e.srcDSN, err = e.src.CreateDB(ctx, "pooled"); err != nil {
+		return nil, err
+	}
+	say("seeding %d tenants of %d customers, %d orders, %d order lines each", sz.Tenants, sz.Customers, sz.Orders, sz.Lines)
+	start := time.Now()
+	if err := seed(ctx, e.srcDSN, sz); err != nil {
+		return nil, err
+	}
+	say("seeded in %.0f s", time.Since(start).Seconds())
+	defer func() { r.Seconds = time.Since(r.Started).Seconds() }()
+
+	say("1. snapshot copy: promoted vs the raw COPY pipe, %d runs each", sz.Repeats)
+	var pc, rs, rp []copyRun
+	var copied string
+	for i := 0; i < sz.Repeats; i++ {
+		c, dst, err := e.promotedCopy(ctx)
+		if err != nil {
+			return r, err
+		}
+		pc, copied = append(pc, c), dst
+		s, err := e.rawCopy(ctx, false)
+		if err != nil {
+			return r, err
+		}
+		rs = append(rs, s)
+		p, err := e.rawCopy(ctx, true)
+		if err != nil {
+			return r, err
+		}
+		rp = append(rp, p)
+		say("   run %d: promoted %.0f rows/s, raw %.0f rows/s, raw parallel %.0f rows/s", i+1, c.rowsPerSec(), s.rowsPerSec(), p.rowsPerSec())
+	}
+	rows := func(rs []copyRun) float64 { return median(mapf(rs, copyRun.rowsPerSec)) }
+	mb := func(rs []copyRun) float64 { return median(mapf(rs, copyRun.mbPerSec)) }
+	r.add("snapshot copy", "rows/s", rows(pc), rows(rs), "raw pipe, table by table", 0.95, false)
+	r.add("snapshot copy", "MB/s", mb(pc), mb(rs), "raw pipe, table by table", 0.95, false)
+	r.info("snapshot copy", "rows/s", rows(pc), rows(rp), "raw pipe, tables at once")
+
+	say("5. verification: promoted verify vs the raw checksum query")
+	pv, rv, err := e.verifySpeed(ctx, copied)
+	if err != nil {
+		return r, err
+	}
+	r.add("verify", "rows/s", median(pv), median(rv), "count + sum(hash) per table", 0.8, false)
+
+	tenantScript, othersScript, err := e.scripts(os.TempDir())
+	if err != nil {
+		return r, err
+	}
+	say("2. backlog drain: %d pgbench transactions, promoted vs a native subscription", sz.Backlog)
+	pd, nd, catchRSS, err := e.drain(ctx, tenantScript, othersScript)
+	if err != nil {
+		return r, err
+	}
+	dr := func(d []drainRun) float64 {
+		return median(mapf(d, func(x drainRun) float64 { return float64(x.changes) / x.secs }))
+	}
+	dw := func(d []drainRun) float64 {
+		return median(mapf(d, func(x drainRun) float64 { return x.walMB / x.secs }))
+	}
+	r.add("backlog drain", "tenant rows/s", dr(pd), dr(nd), "native subscription", 1.5, false)
+	r.info("backlog drain, WAL decoded", "MB/s", dw(pd), dw(nd), "native subscription")
+
+	say("3. live lag under a steady load (%s), promoted vs native", sz.Load)
+	pl, nl, err := e.lag(ctx, tenantScript, othersScript)
+	if err != nil {
+		return r, err
+	}
+	for _, p := range []struct {
+		name string
+		q    float64
+	}{{"p50", 0.5}, {"p99", 0.99}, {"max", 1}} {
+		r.info("live lag "+p.name, "bytes", percentile(pl.bytes, p.q), percentile(nl.bytes, p.q), "native subscription")
+		r.info("live lag "+p.name, "s", percentile(pl.secs, p.q), percentile(nl.secs, p.q), "native subscription")
+	}
+	r.add("catch-up after the load stops", "s", pl.catchup, nl.catchup, "native subscription", 1, true)
+	// Both are polled every 10 ms: within that they are equal.
+	if last := &r.Rows[len(r.Rows)-1]; pl.catchup <= nl.catchup+0.02 {
+		met := true
+		last.Met = &met
+	}
+
+	say("4. cutover: %d promotions under load", sz.Promotions)
+	blocked, err := e.cutovers(ctx)
+	if err != nil {
+		return r, err
+	}
+	r.limit("writes blocked, median of "+fmt.Sprint(len(blocked)), "ms", median(blocked), 250)
+	r.limit("writes blocked, max of "+fmt.Sprint(len(blocked)), "ms", percentile(blocked, 1), 1000)
+
+	say("6. neighbour impact: other tenants' pgbench alone, during a promoted move, during a native subscription")
+	ctl, pn, nn, err := e.neighbours(ctx, othersScript)
+	if err != nil {
+		return r, err
+	}
+	r.add("other tenants' throughput", "tps", pn.tps, ctl.tps, "no move (control)", 0.9, false)
+	r.info("other tenants' throughput, native move", "tps", nn.tps, ctl.tps, "no move (control)")
+	r.info("other tenants' p99 latency", "ms", pn.p99, ctl.p99, "no move (control)")
+	r.info("other tenants' p99 latency, native move", "ms", nn.p99, ctl.p99, "no move (control)")
+
+	say("7. memory")
+	small, err := e.smallCopyRSS(ctx)
+	if err != nil {
+		return r, err
+	}
+	r.limit("peak RSS, snapshot of the big tenant", "MB", float64(maxf(mapf(pc, func(c copyRun) float64 { return float64(c.rss) })))/1e6, 200)
+	r.limit("peak RSS, catch-up", "MB", float64(catchRSS)/1e6, 200)
+	r.limit("peak RSS, snapshot of a small tenant", "MB", float64(small)/1e6, 200)
+	return r, nil
+}
+
+func mapf[T any](xs []T, f func(T) float64) []float64 {
+	out := make([]float64, len(xs))
+	for i, x := range xs {
+		out[i] = f(x)
+	}
+	return out
+}
+
+func maxf(xs []float64) float64 {
+	m := 0.0
+	for _, x := range xs {
+		m = max(m, x)
+	}
+	return m
+}
+
+func moduleRoot() (string, error) {
+	out, err := exec.Command("go", "env", "GOMOD").Output()
+	if err != nil {
+		return "", err
+	}
+	return filepath.Dir(string(out[:len(out)-1])), nil
+}

@@ -1,0 +1,54 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"strings"
+	"time"
+)
+
+// neighbourRun is the other tenants' throughput and p99 latency.
+type neighbourRun struct {
+	tps, p99 float64
+}
+
+// neighbours runs the other tenants' load for the size's load duration
+// three times: alone, while promoted copies and streams the moving
+// tenant, and while a native subscription does the same.
+func (e *env) neighbours(ctx context.Context, othersScript string) (control, prom, nat neighbourRun, err error) {
+	run := func() (neighbourRun, error) {
+		dir, err := os.MkdirTemp("", "promoted-bench-")
+		if err != nil {
+			return neighbourRun{}, err
+		}
+		defer os.RemoveAll(dir)
+		r, err := e.pgbench(ctx, dir, "-T", fmt.Sprint(int(e.size.Load.Seconds())), "-f", othersScript)
+		return neighbourRun{tps: r.tps, p99: percentile(r.latencies, 0.99)}, err
+	}
+	if control, err = run(); err != nil {
+		return
+	}
+	dstDSN, err := e.newTarget(ctx, "neighbour")
+	if err != nil {
+		return
+	}
+	d, err := startDaemon(ctx, e.bin, "replicate", "--source", e.srcDSN, "--sink", dstDSN, "--tenant", "1", "--tables", strings.Join(benchTables, ","))
+	if err != nil {
+		return
+	}
+	time.Sleep(200 * time.Millisecond)
+	prom, err = run()
+	d.stop()
+	runCancel(e.bin, e.srcDSN)
+	if err != nil {
+		return
+	}
+	n, err := e.newNative(ctx, true)
+	if err != nil {
+		return
+	}
+	defer n.drop(context.Background())
+	nat, err = run()
+	return
+}
