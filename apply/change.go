@@ -26,8 +26,7 @@ func (p *Postgres) change(ctx context.Context, c *promoted.Change) error {
 		if hasUnchanged(t, c.New) {
 			return p.refetchInsert(ctx, c, c.New)
 		}
-		cols := present(t, c.New, writable)
-		p.queue(p.sql.insert(t, cols), params(c.New, cols), check{c: c})
+		p.addInsert(c, present(t, c.New, writable))
 	case promoted.Update:
 		key := keyCols(c)
 		if c.Lenient {

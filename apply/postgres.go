@@ -90,6 +90,8 @@ type Postgres struct {
 	sql       statements
 	pendMark  map[string]promoted.LSN
 
+	pendIns pendingInserts
+
 	mu      sync.Mutex
 	track   tracker
 	markers map[string]promoted.LSN
@@ -103,6 +105,9 @@ type check struct {
 	c        *promoted.Change
 	keyCols  []int
 	exactOne bool
+	// rows, when set, is the exact number of rows a multi-row INSERT must
+	// have inserted.
+	rows int64
 }
 
 // Connect opens the sink's own session on the target. The session runs
@@ -222,6 +227,7 @@ func (p *Postgres) rollback(ctx context.Context) error {
 		return nil
 	}
 	p.inTx, p.midTxn, p.batch, p.checks = false, false, nil, p.checks[:0]
+	p.pendIns = pendingInserts{}
 	clear(p.pendMark)
 	_, err := p.conn.Exec(ctx, "ROLLBACK")
 	return err
@@ -267,8 +273,16 @@ func (p *Postgres) commit(ctx context.Context) error {
 	return nil
 }
 
-// queue adds a statement to the pipeline, preparing it once per session.
+// queue adds a statement to the pipeline after the pending inserts, which
+// come before it in the source's order.
 func (p *Postgres) queue(sql string, params [][]byte, c check) {
+	p.flushInserts()
+	p.queueRaw(sql, params, c)
+}
+
+// queueRaw adds a statement to the pipeline, preparing it once per
+// session.
+func (p *Postgres) queueRaw(sql string, params [][]byte, c check) {
 	name, ok := p.prepared[sql]
 	if !ok {
 		name = "promoted_" + strconv.Itoa(len(p.prepared)+1)
@@ -283,6 +297,7 @@ func (p *Postgres) queue(sql string, params [][]byte, c check) {
 
 // exec sends the pipeline and checks what each statement did.
 func (p *Postgres) exec(ctx context.Context) error {
+	p.flushInserts()
 	if p.batch == nil || len(p.checks) == 0 {
 		return nil
 	}
@@ -320,6 +335,9 @@ func (p *Postgres) exec(ctx context.Context) error {
 }
 
 func (p *Postgres) verify(c check, rows int64) error {
+	if c.rows > 0 && rows != c.rows {
+		return fmt.Errorf("apply: a batch of %d inserts into %s inserted %d rows", c.rows, c.c.Table, rows)
+	}
 	if !c.exactOne || rows == 1 {
 		return nil
 	}

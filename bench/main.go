@@ -16,6 +16,7 @@ import (
 	"os/exec"
 	"os/signal"
 	"path/filepath"
+	"strings"
 	"time"
 
 	"github.com/promoted/promoted/testenv"
@@ -25,7 +26,14 @@ func main() {
 	size := flag.String("size", "default", "default (a 1M-order tenant in a pooled database ten times larger) or small (about a minute)")
 	out := flag.String("out", "bench/out", "directory for the JSON report")
 	bin := flag.String("bin", "", "promoted binary (default: build ./cmd/promoted)")
+	only := flag.String("only", "", "comma-separated sections to run (copy,verify,drain,lag,cutover,neighbours,memory); default all")
 	flag.Parse()
+	if *only != "" {
+		sections = map[string]bool{}
+		for _, s := range strings.Split(*only, ",") {
+			sections[strings.TrimSpace(s)] = true
+		}
+	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
 	defer stop()
 	r, err := run(ctx, *size, *bin, os.Stdout)
@@ -40,6 +48,11 @@ func main() {
 		os.Exit(1)
 	}
 }
+
+// sections limits a run to some figures (nil: all).
+var sections map[string]bool
+
+func want(s string) bool { return sections == nil || sections[s] }
 
 // run performs a whole benchmark and returns its report.
 func run(ctx context.Context, sizeName, bin string, log *os.File) (*Report, error) {
@@ -88,10 +101,12 @@ func run(ctx context.Context, sizeName, bin string, log *os.File) (*Report, erro
 	say("seeded in %.0f s", time.Since(start).Seconds())
 	defer func() { r.Seconds = time.Since(r.Started).Seconds() }()
 
-	say("1. snapshot copy: promoted vs the raw COPY pipe, %d runs each", sz.Repeats)
 	var pc, rs, rp []copyRun
 	var copied string
-	for i := 0; i < sz.Repeats; i++ {
+	if want("copy") || want("verify") || want("memory") {
+		say("1. snapshot copy: promoted vs the raw COPY pipe, %d runs each", sz.Repeats)
+	}
+	for i := 0; i < sz.Repeats && (want("copy") || want("verify") || want("memory")); i++ {
 		c, dst, err := e.promotedCopy(ctx)
 		if err != nil {
 			return r, err
@@ -111,25 +126,32 @@ func run(ctx context.Context, sizeName, bin string, log *os.File) (*Report, erro
 	}
 	rows := func(rs []copyRun) float64 { return median(mapf(rs, copyRun.rowsPerSec)) }
 	mb := func(rs []copyRun) float64 { return median(mapf(rs, copyRun.mbPerSec)) }
-	r.add("snapshot copy", "rows/s", rows(pc), rows(rs), "raw pipe, table by table", 0.95, false)
-	r.add("snapshot copy", "MB/s", mb(pc), mb(rs), "raw pipe, table by table", 0.95, false)
-	r.info("snapshot copy", "rows/s", rows(pc), rows(rp), "raw pipe, tables at once")
-
-	say("5. verification: promoted verify vs the raw checksum query")
-	pv, rv, err := e.verifySpeed(ctx, copied)
-	if err != nil {
-		return r, err
+	if want("copy") {
+		r.add("snapshot copy", "rows/s", rows(pc), rows(rs), "raw pipe, table by table", 0.95, false)
+		r.add("snapshot copy", "MB/s", mb(pc), mb(rs), "raw pipe, table by table", 0.95, false)
+		r.info("snapshot copy", "rows/s", rows(pc), rows(rp), "raw pipe, tables at once")
 	}
-	r.add("verify", "rows/s", median(pv), median(rv), "count + sum(hash) per table", 0.8, false)
+
+	if want("verify") {
+		say("5. verification: promoted verify vs the raw checksum query")
+		pv, rv, err := e.verifySpeed(ctx, copied)
+		if err != nil {
+			return r, err
+		}
+		r.add("verify", "rows/s", median(pv), median(rv), "count + sum(hash) per table", 0.8, false)
+	}
 
 	tenantScript, othersScript, err := e.scripts(os.TempDir())
 	if err != nil {
 		return r, err
 	}
-	say("2. backlog drain: %d pgbench transactions, promoted vs a native subscription", sz.Backlog)
-	pd, nd, catchRSS, err := e.drain(ctx, tenantScript, othersScript)
-	if err != nil {
-		return r, err
+	var pd, nd []drainRun
+	var catchRSS int64
+	if want("drain") || want("memory") {
+		say("2. backlog drain: %d pgbench transactions, promoted vs a native subscription", sz.Backlog)
+		if pd, nd, catchRSS, err = e.drain(ctx, tenantScript, othersScript); err != nil {
+			return r, err
+		}
 	}
 	dr := func(d []drainRun) float64 {
 		return median(mapf(d, func(x drainRun) float64 { return float64(x.changes) / x.secs }))
@@ -137,13 +159,54 @@ func run(ctx context.Context, sizeName, bin string, log *os.File) (*Report, erro
 	dw := func(d []drainRun) float64 {
 		return median(mapf(d, func(x drainRun) float64 { return x.walMB / x.secs }))
 	}
-	r.add("backlog drain", "tenant rows/s", dr(pd), dr(nd), "native subscription", 1.5, false)
-	r.info("backlog drain, WAL decoded", "MB/s", dw(pd), dw(nd), "native subscription")
+	if want("drain") {
+		r.add("backlog drain", "tenant rows/s", dr(pd), dr(nd), "native subscription", 1.5, false)
+		r.info("backlog drain, WAL decoded", "MB/s", dw(pd), dw(nd), "native subscription")
+	}
+	if want("lag") {
+		if err := e.lagSection(ctx, r, tenantScript, othersScript, say); err != nil {
+			return r, err
+		}
+	}
+	if want("cutover") {
+		say("4. cutover: %d promotions under load", sz.Promotions)
+		blocked, err := e.cutovers(ctx)
+		if err != nil {
+			return r, err
+		}
+		r.limit("writes blocked, median of "+fmt.Sprint(len(blocked)), "ms", median(blocked), 250)
+		r.limit("writes blocked, max of "+fmt.Sprint(len(blocked)), "ms", percentile(blocked, 1), 1000)
+	}
+	if want("neighbours") {
+		say("6. neighbour impact: other tenants' pgbench alone, during a promoted move, during a native subscription")
+		ctl, pn, nn, err := e.neighbours(ctx, othersScript)
+		if err != nil {
+			return r, err
+		}
+		r.add("other tenants' throughput", "tps", pn.tps, ctl.tps, "no move (control)", 0.9, false)
+		r.info("other tenants' throughput, native move", "tps", nn.tps, ctl.tps, "no move (control)")
+		r.info("other tenants' p99 latency", "ms", pn.p99, ctl.p99, "no move (control)")
+		r.info("other tenants' p99 latency, native move", "ms", nn.p99, ctl.p99, "no move (control)")
+	}
+	if want("memory") {
+		say("7. memory")
+		small, err := e.smallCopyRSS(ctx)
+		if err != nil {
+			return r, err
+		}
+		r.limit("peak RSS, snapshot of the big tenant", "MB", maxf(mapf(pc, func(c copyRun) float64 { return float64(c.rss) }))/1e6, 200)
+		r.limit("peak RSS, catch-up", "MB", float64(catchRSS)/1e6, 200)
+		r.limit("peak RSS, snapshot of a small tenant", "MB", float64(small)/1e6, 200)
+	}
+	return r, nil
+}
 
-	say("3. live lag under a steady load (%s), promoted vs native", sz.Load)
+// lagSection measures live lag and catch-up.
+func (e *env) lagSection(ctx context.Context, r *Report, tenantScript, othersScript string, say func(string, ...any)) error {
+	say("3. live lag under a steady load (%s), promoted vs native", e.size.Load)
 	pl, nl, err := e.lag(ctx, tenantScript, othersScript)
 	if err != nil {
-		return r, err
+		return err
 	}
 	for _, p := range []struct {
 		name string
@@ -158,34 +221,7 @@ func run(ctx context.Context, sizeName, bin string, log *os.File) (*Report, erro
 		met := true
 		last.Met = &met
 	}
-
-	say("4. cutover: %d promotions under load", sz.Promotions)
-	blocked, err := e.cutovers(ctx)
-	if err != nil {
-		return r, err
-	}
-	r.limit("writes blocked, median of "+fmt.Sprint(len(blocked)), "ms", median(blocked), 250)
-	r.limit("writes blocked, max of "+fmt.Sprint(len(blocked)), "ms", percentile(blocked, 1), 1000)
-
-	say("6. neighbour impact: other tenants' pgbench alone, during a promoted move, during a native subscription")
-	ctl, pn, nn, err := e.neighbours(ctx, othersScript)
-	if err != nil {
-		return r, err
-	}
-	r.add("other tenants' throughput", "tps", pn.tps, ctl.tps, "no move (control)", 0.9, false)
-	r.info("other tenants' throughput, native move", "tps", nn.tps, ctl.tps, "no move (control)")
-	r.info("other tenants' p99 latency", "ms", pn.p99, ctl.p99, "no move (control)")
-	r.info("other tenants' p99 latency, native move", "ms", nn.p99, ctl.p99, "no move (control)")
-
-	say("7. memory")
-	small, err := e.smallCopyRSS(ctx)
-	if err != nil {
-		return r, err
-	}
-	r.limit("peak RSS, snapshot of the big tenant", "MB", float64(maxf(mapf(pc, func(c copyRun) float64 { return float64(c.rss) })))/1e6, 200)
-	r.limit("peak RSS, catch-up", "MB", float64(catchRSS)/1e6, 200)
-	r.limit("peak RSS, snapshot of a small tenant", "MB", float64(small)/1e6, 200)
-	return r, nil
+	return nil
 }
 
 func mapf[T any](xs []T, f func(T) float64) []float64 {

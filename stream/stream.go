@@ -37,12 +37,18 @@ type Config struct {
 	// MarkerPrefix is the pg_logical_emit_message prefix passed through as
 	// Message changes (the cutover's fence marker).
 	MarkerPrefix string
+	// CommitDelay is how long the sink's open group waits for the next
+	// transaction once the queue runs dry before it is committed: a
+	// backlog then commits in large groups instead of one target commit
+	// per source transaction, at a latency cost of at most this much.
+	CommitDelay time.Duration
 }
 
 // Bind registers the stream's flags.
 func (c *Config) Bind(fs *pflag.FlagSet) {
 	fs.DurationVar(&c.StatusInterval, "status-interval", 5*time.Second, "longest interval between standby status updates to the source")
 	fs.IntVar(&c.MaxTxnChanges, "max-txn-changes", 5000, "split source transactions larger than this into parts (committed whole on the target)")
+	fs.DurationVar(&c.CommitDelay, "commit-delay", 2*time.Millisecond, "wait this long for another transaction before committing a group on the target")
 }
 
 // Validate fills defaults and checks the values.
@@ -58,6 +64,9 @@ func (c *Config) Validate() error {
 	}
 	if c.MarkerPrefix == "" {
 		c.MarkerPrefix = "promoted"
+	}
+	if c.CommitDelay < 0 {
+		c.CommitDelay = 0
 	}
 	if c.Slot == "" || c.Publication == "" {
 		return errors.New("stream: slot and publication are required")
@@ -133,20 +142,34 @@ func (s *Stream) Run(ctx context.Context, start promoted.LSN, sink promoted.Sink
 // queue runs dry, so a busy stream commits many transactions at once and a
 // quiet one commits each promptly.
 func (s *Stream) deliver(ctx context.Context, sink promoted.Sink, ch <-chan *promoted.Txn) error {
+	var next *promoted.Txn
 	for {
-		var txn *promoted.Txn
-		select {
-		case <-ctx.Done():
-			return s.flushOnStop(sink, ctx.Err())
-		case txn = <-ch:
+		txn := next
+		next = nil
+		if txn == nil {
+			select {
+			case <-ctx.Done():
+				return s.flushOnStop(sink, ctx.Err())
+			case txn = <-ch:
+			}
 		}
 		if err := sink.Apply(ctx, txn); err != nil {
 			return err
 		}
-		if !txn.Partial && len(ch) == 0 {
-			if err := sink.Flush(ctx); err != nil {
-				return err
+		if txn.Partial || len(ch) > 0 {
+			continue
+		}
+		if s.cfg.CommitDelay > 0 {
+			select {
+			case next = <-ch:
+				continue
+			case <-ctx.Done():
+				return s.flushOnStop(sink, ctx.Err())
+			case <-time.After(s.cfg.CommitDelay):
 			}
+		}
+		if err := sink.Flush(ctx); err != nil {
+			return err
 		}
 	}
 }

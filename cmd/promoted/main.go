@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"os"
 	"os/signal"
+	"runtime/pprof"
 	"strings"
 	"syscall"
 
@@ -32,6 +33,17 @@ given as an environment variable PROMOTED_<FLAG> (e.g. PROMOTED_SOURCE).
 var errUsage = errors.New("usage")
 
 func main() {
+	// PROMOTED_CPUPROFILE=file writes a CPU profile of the run, for
+	// `go tool pprof` (the benchmark's slow spots are found this way).
+	if path := os.Getenv("PROMOTED_CPUPROFILE"); path != "" {
+		if f, err := os.Create(fmt.Sprintf("%s.%d", path, os.Getpid())); err == nil {
+			pprof.StartCPUProfile(f)
+			code := run(os.Args[1:])
+			pprof.StopCPUProfile()
+			f.Close()
+			os.Exit(code)
+		}
+	}
 	os.Exit(run(os.Args[1:]))
 }
 
