@@ -325,6 +325,14 @@ func (j *Job) start(ctx context.Context, src, dst *pgx.Conn) error {
 	if err := j.runDDL(ctx, dst, j.plan.PostLoad()); err != nil {
 		return err
 	}
+	// Statistics and a visibility map for the freshly loaded tables: the
+	// tenant's queries get plans at once, and the cutover's counts under
+	// the fence are index-only scans instead of heap walks.
+	for _, t := range j.plan.Tables {
+		if _, err := dst.Exec(ctx, "VACUUM (ANALYZE) "+pgx.Identifier{t.TargetSchema, t.TargetName}.Sanitize()); err != nil {
+			return fmt.Errorf("vacuum %s.%s on the target: %w", t.TargetSchema, t.TargetName, err)
+		}
+	}
 	prog.Phase, prog.Applied, prog.RowsCopied = apply.PhaseCatchup, slot.ConsistentPoint, rows
 	if err := apply.WriteProgress(ctx, dst, prog); err != nil {
 		return err
