@@ -179,13 +179,15 @@ func run(ctx context.Context, sizeName, bin string, log *os.File) (*Report, erro
 	}
 	if want("neighbours") {
 		say("6. neighbour impact: other tenants' pgbench alone, during a promoted move, during a native subscription")
-		ctl, pn, nn, err := e.neighbours(ctx, othersScript)
+		ctl, pn, gn, nn, err := e.neighbours(ctx, othersScript)
 		if err != nil {
 			return r, err
 		}
 		r.add("other tenants' throughput", "tps", pn.tps, ctl.tps, "no move (control)", 0.9, false)
+		r.info("other tenants' throughput, gentle move", "tps", gn.tps, ctl.tps, "no move (control)")
 		r.info("other tenants' throughput, native move", "tps", nn.tps, ctl.tps, "no move (control)")
 		r.info("other tenants' p99 latency", "ms", pn.p99, ctl.p99, "no move (control)")
+		r.info("other tenants' p99 latency, gentle move", "ms", gn.p99, ctl.p99, "no move (control)")
 		r.info("other tenants' p99 latency, native move", "ms", nn.p99, ctl.p99, "no move (control)")
 	}
 	if want("memory") {

@@ -16,7 +16,7 @@ type neighbourRun struct {
 // neighbours runs the other tenants' load for the size's load duration
 // three times: alone, while promoted copies and streams the moving
 // tenant, and while a native subscription does the same.
-func (e *env) neighbours(ctx context.Context, othersScript string) (control, prom, nat neighbourRun, err error) {
+func (e *env) neighbours(ctx context.Context, othersScript string) (control, prom, gentle, nat neighbourRun, err error) {
 	run := func() (neighbourRun, error) {
 		dir, err := os.MkdirTemp("", "promoted-bench-")
 		if err != nil {
@@ -29,19 +29,28 @@ func (e *env) neighbours(ctx context.Context, othersScript string) (control, pro
 	if control, err = run(); err != nil {
 		return
 	}
-	dstDSN, err := e.newTarget(ctx, "neighbour")
-	if err != nil {
+	move := func(extra ...string) (neighbourRun, error) {
+		dstDSN, err := e.newTarget(ctx, "neighbour")
+		if err != nil {
+			return neighbourRun{}, err
+		}
+		args := append([]string{"replicate", "--source", e.srcDSN, "--sink", dstDSN, "--tenant", "1", "--tables", strings.Join(benchTables, ",")}, extra...)
+		d, err := startDaemon(ctx, e.bin, args...)
+		if err != nil {
+			return neighbourRun{}, err
+		}
+		time.Sleep(200 * time.Millisecond)
+		r, err := run()
+		d.stop()
+		runCancel(e.bin, e.srcDSN)
+		return r, err
+	}
+	if prom, err = move(); err != nil {
 		return
 	}
-	d, err := startDaemon(ctx, e.bin, "replicate", "--source", e.srcDSN, "--sink", dstDSN, "--tenant", "1", "--tables", strings.Join(benchTables, ","))
-	if err != nil {
-		return
-	}
-	time.Sleep(200 * time.Millisecond)
-	prom, err = run()
-	d.stop()
-	runCancel(e.bin, e.srcDSN)
-	if err != nil {
+	// The same move told to spare the neighbours: one copy worker at a
+	// limited rate.
+	if gentle, err = move("--parallel", "1", "--copy-max-rate", "10"); err != nil {
 		return
 	}
 	n, err := e.newNative(ctx, true)

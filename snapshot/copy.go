@@ -27,12 +27,16 @@ type CopyConfig struct {
 	// ChunkRows splits a table whose tenant rows are estimated above this
 	// into key ranges, so one big table can use several workers.
 	ChunkRows int64
+	// MaxRate limits the copy to this many MB/s across all workers
+	// (0: unlimited).
+	MaxRate float64
 }
 
 // Bind registers the copy's flags.
 func (c *CopyConfig) Bind(fs *pflag.FlagSet) {
 	fs.IntVar(&c.Parallel, "parallel", 4, "copy workers (each imports the same snapshot)")
 	fs.Int64Var(&c.ChunkRows, "chunk-rows", 250000, "split tables with more tenant rows than this into key ranges copied in parallel")
+	fs.Float64Var(&c.MaxRate, "copy-max-rate", 0, "limit the snapshot copy to this many MB/s, to spare the other tenants (0: unlimited)")
 }
 
 // Validate checks the values.
@@ -45,6 +49,9 @@ func (c *CopyConfig) Validate() error {
 	}
 	if c.ChunkRows <= 0 {
 		c.ChunkRows = 250000
+	}
+	if c.MaxRate < 0 {
+		return fmt.Errorf("--copy-max-rate %g is negative: pass MB/s, or 0 for no limit", c.MaxRate)
 	}
 	return nil
 }
@@ -77,6 +84,7 @@ type Copier struct {
 	// target (tests inject crashes here).
 	AfterChunk func(table string)
 
+	limit   *limiter
 	mu      sync.Mutex
 	results map[*promoted.Table]*TableResult
 	done    atomic.Int64
@@ -89,7 +97,7 @@ func NewCopier(cfg CopyConfig, sourceDSN, targetDSN, snapshot string, tables []*
 		tenant = tables[0].TenantLiteral
 	}
 	return &Copier{cfg: cfg, sourceDSN: sourceDSN, targetDSN: targetDSN, snapshot: snapshot, tables: tables, log: log,
-		m: newMetrics(tenant), results: map[*promoted.Table]*TableResult{}}
+		m: newMetrics(tenant), results: map[*promoted.Table]*TableResult{}, limit: newLimiter(cfg.MaxRate)}
 }
 
 // RowsCopied is the running total, for progress reports.
@@ -269,7 +277,7 @@ func (c *Copier) copyChunk(ctx context.Context, src, dst *pgconn.PgConn, ch chun
 	into := fmt.Sprintf("COPY %s (%s) FROM STDIN (FORMAT %s)", pgx.Identifier{t.TargetSchema, t.TargetName}.Sanitize(), cols, format)
 
 	pr, pw := io.Pipe()
-	counter := &countingReader{r: pr}
+	counter := &countingReader{r: pr, ctx: ctx, limit: c.limit}
 	var (
 		wg     sync.WaitGroup
 		outErr error
@@ -334,12 +342,15 @@ func copyColumns(t *promoted.Table) string {
 }
 
 type countingReader struct {
-	r io.Reader
-	n int64
+	r     io.Reader
+	n     int64
+	ctx   context.Context
+	limit *limiter
 }
 
 func (c *countingReader) Read(p []byte) (int, error) {
 	n, err := c.r.Read(p)
 	c.n += int64(n)
+	c.limit.wait(c.ctx, n)
 	return n, err
 }
