@@ -221,7 +221,7 @@ func (d *daemon) sample() {
 		select {
 		case <-d.done:
 			return
-		case <-time.After(50 * time.Millisecond):
+		case <-time.After(20 * time.Millisecond):
 		}
 		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", d.cmd.Process.Pid))
 		if err != nil {
@@ -284,6 +284,22 @@ func (d *daemon) stop() {
 		d.cmd.Process.Kill()
 		<-d.done
 	}
+}
+
+// hwm is the process's peak resident memory so far (VmHWM), which a
+// phase too short for the sampler still shows.
+func (d *daemon) hwm() int64 {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", d.cmd.Process.Pid))
+	if err != nil {
+		return 0
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		var kb int64
+		if _, err := fmt.Sscanf(line, "VmHWM: %d kB", &kb); err == nil {
+			return kb * 1024
+		}
+	}
+	return 0
 }
 
 func (d *daemon) peakRSS(phase string) int64 {
