@@ -48,7 +48,7 @@ func (p *Postgres) change(ctx context.Context, c *promoted.Change) error {
 	default:
 		return fmt.Errorf("apply: unexpected %s change", c.Op)
 	}
-	p.m.changes.WithLabelValues(c.Op.String()).Inc()
+	p.m.changes[c.Op].Inc()
 	p.txChanges++
 	if len(p.checks) >= p.cfg.Pipeline {
 		return p.exec(ctx)
@@ -71,7 +71,7 @@ func (p *Postgres) lenientUpdate(ctx context.Context, c *promoted.Change) error 
 		p.inTx = false
 		return fmt.Errorf("apply update to %s: %w", t, err)
 	}
-	p.m.changes.WithLabelValues(c.Op.String()).Inc()
+	p.m.changes[c.Op].Inc()
 	p.txChanges++
 	if tag.RowsAffected() == 1 {
 		return nil
@@ -109,7 +109,7 @@ func (p *Postgres) refetchInsert(ctx context.Context, c *promoted.Change, img pr
 		p.inTx = false
 		return fmt.Errorf("apply insert to %s: %w", t, err)
 	}
-	p.m.changes.WithLabelValues(promoted.Insert.String()).Inc()
+	p.m.changes[promoted.Insert].Inc()
 	p.txChanges++
 	return nil
 }

@@ -3,6 +3,8 @@ package apply
 import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promauto"
+
+	"github.com/promoted/promoted"
 )
 
 var (
@@ -28,7 +30,9 @@ var (
 )
 
 type metrics struct {
-	changes       *prometheus.CounterVec
+	// changes is bound per operation at construction: the apply counts
+	// every row change.
+	changes       map[promoted.Op]prometheus.Counter
 	txns, commits prometheus.Counter
 	refetches     prometheus.Counter
 	commitSeconds prometheus.Observer
@@ -37,11 +41,19 @@ type metrics struct {
 
 func newMetrics(tenant string) *metrics {
 	return &metrics{
-		changes:       appliedChanges.MustCurryWith(prometheus.Labels{"tenant": tenant}),
+		changes:       changeCounters(tenant),
 		txns:          appliedTxns.WithLabelValues(tenant),
 		commits:       targetCommits.WithLabelValues(tenant),
 		refetches:     refetches.WithLabelValues(tenant),
 		commitSeconds: commitSeconds.WithLabelValues(tenant),
 		applied:       appliedLSN.WithLabelValues(tenant),
 	}
+}
+
+func changeCounters(tenant string) map[promoted.Op]prometheus.Counter {
+	out := map[promoted.Op]prometheus.Counter{}
+	for _, op := range []promoted.Op{promoted.Insert, promoted.Update, promoted.Delete} {
+		out[op] = appliedChanges.WithLabelValues(tenant, op.String())
+	}
+	return out
 }

@@ -77,6 +77,8 @@ type Postgres struct {
 
 	durable atomic.Uint64
 	changes atomic.Int64
+	// tracking is set once StartTracking has run.
+	tracking atomic.Bool
 
 	// The open target transaction.
 	inTx      bool

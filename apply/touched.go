@@ -31,6 +31,7 @@ type tracker struct {
 func (p *Postgres) StartTracking() {
 	p.mu.Lock()
 	defer p.mu.Unlock()
+	p.tracking.Store(true)
 	p.track = tracker{on: true, seen: map[*promoted.Table]map[string]bool{}, keys: map[*promoted.Table][][]string{}, whole: map[*promoted.Table]bool{}}
 }
 
@@ -49,6 +50,9 @@ func (p *Postgres) Touched() Touched {
 }
 
 func (p *Postgres) trackChange(c *promoted.Change) {
+	if !p.tracking.Load() {
+		return // the common case: no lock on the apply's hot path
+	}
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if !p.track.on || c.Op == promoted.Message {

@@ -31,7 +31,19 @@ type Config struct {
 	CatalogDSN string
 	// SkipVerify skips the count and checksum comparison under the fence.
 	SkipVerify bool
+	// FenceCheck is what is compared under the fence after the full live
+	// verification just before it: everything (CheckFull), the counts and
+	// the rows changed since (CheckChanged), or the first when it is
+	// quick (CheckAuto).
+	FenceCheck string
 }
+
+// The kinds of check under the fence.
+const (
+	CheckAuto    = "auto"
+	CheckFull    = "full"
+	CheckChanged = "changed"
+)
 
 // Bind registers the cutover's flags.
 func (c *Config) Bind(fs *pflag.FlagSet) {
@@ -41,6 +53,7 @@ func (c *Config) Bind(fs *pflag.FlagSet) {
 	fs.StringVar(&c.FlipSQL, "flip-sql", "", "flip your own routing table instead of promoted.tenant_catalog: $1 tenant, $2 location, $3 target schema")
 	fs.StringVar(&c.CatalogDSN, "catalog", "", "catalog database connection string (default: the source)")
 	fs.BoolVar(&c.SkipVerify, "skip-verify", false, "do not compare counts and checksums under the fence (faster, unchecked)")
+	fs.StringVar(&c.FenceCheck, "fence-check", CheckAuto, "what is compared under the fence: full (every row), changed (counts and the rows changed since the live verification just before), or auto (full when that is quick)")
 }
 
 // Validate checks the configuration.
@@ -50,6 +63,13 @@ func (c *Config) Validate() error {
 	}
 	if c.Timeout <= 0 {
 		return errors.New("--cutover-timeout must be positive: pass e.g. 5s")
+	}
+	switch c.FenceCheck {
+	case "":
+		c.FenceCheck = CheckAuto
+	case CheckAuto, CheckFull, CheckChanged:
+	default:
+		return fmt.Errorf("--fence-check %q: use auto, full or changed", c.FenceCheck)
 	}
 	return nil
 }

@@ -115,7 +115,7 @@ CREATE TRIGGER %[1]s BEFORE INSERT OR UPDATE OR DELETE ON %[2]s FOR EACH ROW EXE
 CREATE TRIGGER %[3]s BEFORE TRUNCATE ON %[2]s FOR EACH STATEMENT EXECUTE FUNCTION promoted.%[4]s();
 ALTER TABLE %[2]s ENABLE ALWAYS TRIGGER %[1]s;
 ALTER TABLE %[2]s ENABLE ALWAYS TRIGGER %[3]s`, TriggerName, name, TriggerName+"_truncate", fn)
-		if err := execLockRetry(ctx, src, stmt); err != nil {
+		if err := ExecLockRetry(ctx, src, stmt); err != nil {
 			return fmt.Errorf("install fence on %s: %w", t, err)
 		}
 	}
@@ -148,16 +148,18 @@ func RemoveFence(ctx context.Context, src *pgx.Conn, schema string) error {
 	for _, t := range tables {
 		name := pgx.Identifier{schema, t}.Sanitize()
 		stmt := fmt.Sprintf("DROP TRIGGER IF EXISTS %s ON %s; DROP TRIGGER IF EXISTS %s ON %s", TriggerName, name, TriggerName+"_truncate", name)
-		if err := execLockRetry(ctx, src, stmt); err != nil {
+		if err := ExecLockRetry(ctx, src, stmt); err != nil {
 			return fmt.Errorf("remove fence from %s: %w", name, err)
 		}
 	}
 	return nil
 }
 
-// execLockRetry runs DDL in one transaction under a short lock_timeout,
-// retrying when the lock is not granted in time (SQLSTATE 55P03).
-func execLockRetry(ctx context.Context, conn *pgx.Conn, stmt string) error {
+// ExecLockRetry runs DDL in one transaction under a short lock_timeout,
+// retrying when the lock is not granted in time (SQLSTATE 55P03), so a
+// waiting ALTER never queues every writer of a pooled table behind a long
+// transaction.
+func ExecLockRetry(ctx context.Context, conn *pgx.Conn, stmt string) error {
 	var err error
 	for attempt := 0; attempt < 50; attempt++ {
 		_, err = conn.Exec(ctx, "BEGIN; SET LOCAL lock_timeout = '100ms'; "+stmt+"; COMMIT")

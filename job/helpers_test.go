@@ -2,7 +2,6 @@ package job
 
 import (
 	"context"
-	"fmt"
 	"io"
 	"log/slog"
 	"os"
@@ -47,42 +46,7 @@ func compareTenant(t testing.TB, ctx context.Context, srcDSN, dstDSN, srcSchema,
 // transaction holding an older snapshot).
 func compareTenantConns(t testing.TB, ctx context.Context, s, d *pgx.Conn, srcSchema, dstSchema string, tenant string, tables []string) {
 	t.Helper()
-	for _, table := range tables {
-		q := func(schema string) string {
-			return fmt.Sprintf(`SELECT x::text FROM %s x WHERE tenant_id = $1 ORDER BY 1`, pgx.Identifier{schema, table}.Sanitize())
-		}
-		a := rowsOf(t, ctx, s, q(srcSchema), tenant)
-		b := rowsOf(t, ctx, d, q(dstSchema), tenant)
-		if len(a) != len(b) {
-			t.Errorf("%s: source has %d rows of tenant %s, target %d", table, len(a), tenant, len(b))
-		}
-		diffs := 0
-		for i := 0; i < len(a) || i < len(b); i++ {
-			var x, y string
-			if i < len(a) {
-				x = a[i]
-			}
-			if i < len(b) {
-				y = b[i]
-			}
-			if x != y {
-				diffs++
-				if diffs <= 3 {
-					t.Errorf("%s row %d differs:\nsource %.300s\ntarget %.300s", table, i, x, y)
-				}
-			}
-		}
-		var others int
-		if err := d.QueryRow(ctx, fmt.Sprintf(`SELECT count(*) FROM %s WHERE tenant_id <> $1`, pgx.Identifier{dstSchema, table}.Sanitize()), tenant).Scan(&others); err != nil {
-			t.Fatal(err)
-		}
-		if others != 0 {
-			t.Errorf("%s: target holds %d rows of other tenants", table, others)
-		}
-		if len(a) == 0 {
-			t.Errorf("%s: no rows of tenant %s on the source: the test proves nothing", table, tenant)
-		}
-	}
+	testenv.CompareTenant(t, ctx, s, d, srcSchema, dstSchema, "tenant_id", tenant, tables)
 }
 
 func connectPinned(t testing.TB, ctx context.Context, dsn string) *pgx.Conn {

@@ -173,10 +173,7 @@ func (j *Job) Run(ctx context.Context) error {
 		return err
 	}
 	j.plan = plan
-	if err := canonicalTenant(ctx, src, j.cfg.Tenant, plan.Tables); err != nil {
-		return err
-	}
-	if err := checkTables(ctx, src, plan.Tables); err != nil {
+	if err := checkOwnership(ctx, src, plan.Tables); err != nil {
 		return err
 	}
 	prog, err := apply.ReadProgress(ctx, dst, j.ID)
@@ -391,7 +388,7 @@ func (j *Job) catchup(ctx context.Context, repl *pgconn.PgConn, from promoted.LS
 	defer fetcher.Close(context.Background())
 	sink := apply.NewPostgres(j.cfg.Apply, applyConn, j.ID, from, fetcher, j.cfg.Tenant, j.log.With("stage", "apply"))
 	defer sink.Close(context.Background())
-	g8 := newGate(sink)
+	gated := newGate(sink)
 	scfg := j.cfg.Stream
 	scfg.Slot, scfg.Publication = j.names.Slot, j.names.Publication
 	st, err := stream.New(scfg, repl, j.plan.Tables, j.log.With("stage", "stream"))
@@ -399,7 +396,7 @@ func (j *Job) catchup(ctx context.Context, repl *pgconn.PgConn, from promoted.LS
 		return err
 	}
 	j.mu.Lock()
-	j.sink, j.stream, j.gate = sink, st, g8
+	j.sink, j.stream, j.gate = sink, st, gated
 	j.mu.Unlock()
 	j.setPhase("catchup")
 	if j.Hooks.Streaming != nil {
@@ -408,7 +405,7 @@ func (j *Job) catchup(ctx context.Context, repl *pgconn.PgConn, from promoted.LS
 	g, gctx := errgroup.WithContext(ctx)
 	stop := j.reportProgress(gctx)
 	defer stop()
-	g.Go(func() error { return st.Run(gctx, from, g8) })
+	g.Go(func() error { return st.Run(gctx, from, gated) })
 	if j.cfg.Promote {
 		g.Go(func() error { return j.cutover(gctx, st, sink) })
 	}

@@ -8,6 +8,7 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/promoted/promoted"
+	"github.com/promoted/promoted/cutover"
 	"github.com/promoted/promoted/snapshot"
 )
 
@@ -39,40 +40,20 @@ func preflight(ctx context.Context, src *pgx.Conn, cfg *Config, slotName string)
 	return nil
 }
 
-// checkTables checks privileges on the planned tables: SELECT to copy
-// them, ownership to publish them.
-func checkTables(ctx context.Context, src *pgx.Conn, tables []*promoted.Table) error {
+// checkOwnership refuses tables the source role does not own:
+// CREATE PUBLICATION needs the owner. (SELECT and the tenant's type are
+// checked by the plan.)
+func checkOwnership(ctx context.Context, src *pgx.Conn, tables []*promoted.Table) error {
 	for _, t := range tables {
-		var canSelect, owns bool
-		err := src.QueryRow(ctx, `SELECT has_table_privilege(c.oid, 'SELECT'), pg_has_role(c.relowner, 'USAGE')
+		var owns bool
+		err := src.QueryRow(ctx, `SELECT pg_has_role(c.relowner, 'USAGE')
 		   FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = $1 AND c.relname = $2`, t.Schema, t.Name).
-			Scan(&canSelect, &owns)
+			Scan(&owns)
 		if err != nil {
 			return fmt.Errorf("preflight %s: %w", t, err)
 		}
-		if !canSelect {
-			return fmt.Errorf("the source role lacks SELECT on %s: GRANT SELECT ON %s TO the role", t, pgx.Identifier{t.Schema, t.Name}.Sanitize())
-		}
 		if !owns {
 			return fmt.Errorf("the source role does not own %s, and CREATE PUBLICATION needs the owner: run promoted as the tables' owner (or a member of the owning role)", t)
-		}
-	}
-	return nil
-}
-
-// canonicalTenant fills each table's TenantLiteral with the tenant as the
-// source prints the tenant column's type, so the stream can compare text.
-func canonicalTenant(ctx context.Context, src *pgx.Conn, tenant string, tables []*promoted.Table) error {
-	for _, t := range tables {
-		col := t.Columns[t.Tenant]
-		var lit string
-		if err := src.QueryRow(ctx, "SELECT ($1::text)::"+col.Type+"::text", tenant).Scan(&lit); err != nil {
-			return fmt.Errorf("tenant %q is not a valid %s (the type of %s.%s): pass the tenant as it is stored", tenant, col.Type, t, col.Name)
-		}
-		t.TenantLiteral = lit
-		if col.TypeOID >= 16384 {
-			// Row filters accept built-in types only.
-			t.ServerFilter = false
 		}
 	}
 	return nil
@@ -141,7 +122,7 @@ func fixReplicaIdentity(ctx context.Context, src *pgx.Conn, tables []*promoted.T
 		} else {
 			stmt = fmt.Sprintf("ALTER TABLE %s REPLICA IDENTITY FULL", name)
 		}
-		if err := execWithLockRetry(ctx, src, stmt); err != nil {
+		if err := cutover.ExecLockRetry(ctx, src, stmt); err != nil {
 			return fmt.Errorf("fix replica identity of %s: %w", t, err)
 		}
 		t.ServerFilter = true
@@ -154,19 +135,4 @@ func truncateIdent(s string) string {
 		return s[:63]
 	}
 	return s
-}
-
-// execWithLockRetry runs DDL under a short lock_timeout, retrying on
-// SQLSTATE 55P03, so a waiting ALTER never queues every writer of the
-// table behind a long transaction.
-func execWithLockRetry(ctx context.Context, conn *pgx.Conn, stmt string) error {
-	var err error
-	for attempt := 0; attempt < 20; attempt++ {
-		_, err = conn.Exec(ctx, "SET lock_timeout = '200ms'; "+stmt+"; RESET lock_timeout")
-		if err == nil || !isLockTimeout(err) {
-			return err
-		}
-		conn.Exec(ctx, "RESET lock_timeout")
-	}
-	return err
 }

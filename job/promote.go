@@ -171,8 +171,13 @@ func (j *Job) preVerify(ctx context.Context, sink *apply.Postgres) (func(context
 	if !pre.Equal() {
 		return nil, fmt.Errorf("the target differs from the source before the fence, so no cutover was tried: %s", strings.ReplaceAll(pre.Summary(), "\n", "; "))
 	}
-	if pre.Duration < j.cfg.Cutover.Timeout/20 {
-		return nil, nil // the full comparison under the fence is cheap
+	switch j.cfg.Cutover.FenceCheck {
+	case cutover.CheckFull:
+		return nil, nil
+	case cutover.CheckAuto:
+		if pre.Duration < j.cfg.Cutover.Timeout/20 {
+			return nil, nil // the full comparison under the fence is cheap
+		}
 	}
 	tables := j.plan.Tables
 	return func(ctx context.Context, src, dst *pgx.Conn) (*verify.Result, error) {

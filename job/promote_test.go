@@ -23,6 +23,9 @@ type promotion struct {
 	armedAt, flippedAt        time.Time
 }
 
+// newPromotion prepares a promotion of tenant 1 into a schema of the same
+// database, or a second cluster; the second re-checks only the changed
+// rows under the fence, the first compares everything again.
 func newPromotion(t *testing.T, second bool) *promotion {
 	t.Helper()
 	ctx := context.Background()
@@ -40,7 +43,7 @@ func newPromotion(t *testing.T, second bool) *promotion {
 	}}
 	t.Cleanup(p.router.Close)
 	j, err := New(Config{SourceDSN: p.srcDSN, TargetDSN: p.dstDSN, Tenant: "1", TargetSchema: p.dstSchema, Tables: movedTables,
-		Promote: true, Cutover: cutover.Config{Timeout: 5 * time.Second}}, testLogger(t))
+		Promote: true, Cutover: cutover.Config{Timeout: 5 * time.Second, FenceCheck: map[bool]string{false: cutover.CheckFull, true: cutover.CheckChanged}[second]}}, testLogger(t))
 	if err != nil {
 		t.Fatal(err)
 	}

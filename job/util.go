@@ -2,19 +2,12 @@ package job
 
 import (
 	"context"
-	"errors"
 	"fmt"
 
 	"github.com/jackc/pgx/v5"
-	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/promoted/promoted"
 )
-
-func isLockTimeout(err error) bool {
-	var pgErr *pgconn.PgError
-	return errors.As(err, &pgErr) && pgErr.Code == "55P03"
-}
 
 // connect opens a plain session with the pinned GUCs.
 func connect(ctx context.Context, dsn, side, app string) (*pgx.Conn, error) {

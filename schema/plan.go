@@ -216,12 +216,14 @@ func (p *Plan) readTable(ctx context.Context, tx pgx.Tx, r rel) (*promoted.Table
 		return nil, refuse("table %s has no primary key, which promoted needs to apply updates and deletes: add one (ALTER TABLE %s ADD PRIMARY KEY (...))", t, pgx.Identifier{t.Schema, t.Name}.Sanitize())
 	}
 	t.PrimaryKey = pk
-	switch t.ReplicaIdentity {
-	case 'f':
+	switch {
+	case t.Columns[t.Tenant].TypeOID >= firstUserOID:
+		// Row filters accept built-in types only.
+	case t.ReplicaIdentity == 'f':
 		t.ServerFilter = true
-	case 'd':
+	case t.ReplicaIdentity == 'd':
 		t.ServerFilter = slices.Contains(pk, t.Tenant)
-	case 'i':
+	case t.ReplicaIdentity == 'i':
 		ri, err := p.indexColumns(ctx, tx, t, "indisreplident")
 		if err != nil {
 			return nil, err

@@ -3,7 +3,6 @@ package main
 import (
 	"context"
 	"fmt"
-	"os"
 	"sort"
 
 	"github.com/spf13/pflag"
@@ -14,24 +13,14 @@ import (
 // cleanup deletes a promoted tenant's old rows from the pooled tables in
 // small batches and removes the fence, slot and publication.
 func cleanup(ctx context.Context, args []string) error {
-	fs := pflag.NewFlagSet("cleanup", pflag.ContinueOnError)
-	var c common
-	var cfg job.EndConfig
-	endFlags(fs, &cfg)
-	fs.IntVar(&cfg.BatchRows, "batch-rows", 5000, "rows deleted per transaction")
-	fs.DurationVar(&cfg.Pause, "batch-pause", 0, "pause between batches, to spare the source")
-	c.bind(fs)
-	if err := parse(fs, args); err != nil {
-		return err
-	}
-	if err := required(fs, "source", "tenant"); err != nil {
-		return err
-	}
-	log, err := c.logger(os.Stderr)
+	cfg, log, err := parseEnd("cleanup", args, func(fs *pflag.FlagSet, cfg *job.EndConfig) {
+		fs.IntVar(&cfg.BatchRows, "batch-rows", 5000, "rows deleted per transaction")
+		fs.DurationVar(&cfg.Pause, "batch-pause", 0, "pause between batches, to spare the source")
+	})
 	if err != nil {
 		return err
 	}
-	deleted, err := job.Cleanup(ctx, cfg, log.With("tenant", cfg.Tenant))
+	deleted, err := job.Cleanup(ctx, *cfg, log)
 	if err != nil {
 		return err
 	}

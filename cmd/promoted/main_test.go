@@ -315,51 +315,14 @@ func rowsOf(t *testing.T, ctx context.Context, conn *pgx.Conn, q string, args ..
 	return testenv.TextRows(t, ctx, conn, q, args...)
 }
 
-// compareTenant checks, table by table and row by row (rows as text under
-// the pinned session GUCs), that the target holds exactly the tenant's
-// source rows and no row of another tenant.
+// compareTenant compares the tenant's rows of both databases row by row.
 func compareTenant(t *testing.T, ctx context.Context, srcDSN, dstDSN, srcSchema, dstSchema, column, tenant string, tables []string) {
 	t.Helper()
 	s := connectPinned(t, ctx, srcDSN)
 	defer s.Close(ctx)
 	d := connectPinned(t, ctx, dstDSN)
 	defer d.Close(ctx)
-	col := pgx.Identifier{column}.Sanitize()
-	for _, table := range tables {
-		q := func(schema string) string {
-			return fmt.Sprintf(`SELECT x::text FROM %s x WHERE %s = $1 ORDER BY 1`, pgx.Identifier{schema, table}.Sanitize(), col)
-		}
-		a := rowsOf(t, ctx, s, q(srcSchema), tenant)
-		b := rowsOf(t, ctx, d, q(dstSchema), tenant)
-		if len(a) == 0 {
-			t.Errorf("%s: no rows of tenant %q on the source: the comparison proves nothing", table, tenant)
-		}
-		if len(a) != len(b) {
-			t.Errorf("%s: source has %d rows of tenant %q, target %d", table, len(a), tenant, len(b))
-		}
-		diffs := 0
-		for i := 0; i < len(a) || i < len(b); i++ {
-			var x, y string
-			if i < len(a) {
-				x = a[i]
-			}
-			if i < len(b) {
-				y = b[i]
-			}
-			if x != y {
-				if diffs++; diffs <= 3 {
-					t.Errorf("%s row %d differs:\nsource %.300s\ntarget %.300s", table, i, x, y)
-				}
-			}
-		}
-		var others int
-		if err := d.QueryRow(ctx, fmt.Sprintf(`SELECT count(*) FROM %s WHERE %s IS DISTINCT FROM $1`, pgx.Identifier{dstSchema, table}.Sanitize(), col), tenant).Scan(&others); err != nil {
-			t.Fatal(err)
-		}
-		if others != 0 {
-			t.Errorf("%s: target holds %d rows of other tenants", table, others)
-		}
-	}
+	testenv.CompareTenant(t, ctx, s, d, srcSchema, dstSchema, column, tenant, tables)
 }
 
 // startLoad starts writers and returns a function that stops them and
