@@ -365,3 +365,79 @@ func TestVerifyLive(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// TestFlipSQLAndNotify flips a platform's own routing table with
+// --flip-sql, in the flip's transaction, and checks routers listening on
+// promoted_catalog are told which tenant moved.
+func TestFlipSQLAndNotify(t *testing.T) {
+	ctx := context.Background()
+	p := newPromotion(t, true)
+	mustExec(t, ctx, p.srcDSN, `CREATE TABLE routing (tenant text PRIMARY KEY, db text, schema_name text); INSERT INTO routing VALUES ('1', 'pooled', 'public')`)
+	p.job.cfg.Cutover.FlipSQL = `UPDATE routing SET db = $2, schema_name = $3 WHERE tenant = $1`
+	p.job.cfg.Cutover.Location = "tenant1-db"
+	listen := connectPinned(t, ctx, p.srcDSN)
+	defer listen.Close(ctx)
+	if _, err := listen.Exec(ctx, "LISTEN promoted_catalog"); err != nil {
+		t.Fatal(err)
+	}
+	if err := p.job.Run(ctx); err != nil {
+		t.Fatalf("promote: %v", err)
+	}
+	wctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	n, err := listen.WaitForNotification(wctx)
+	if err != nil || n.Payload != "1" {
+		t.Fatalf("notification %+v (%v), want promoted_catalog with payload 1", n, err)
+	}
+	s := connectPinned(t, ctx, p.srcDSN)
+	defer s.Close(ctx)
+	var db, schema string
+	var version int64
+	if err := s.QueryRow(ctx, `SELECT db, schema_name, (SELECT version FROM promoted.tenant_catalog WHERE tenant_id = '1') FROM routing WHERE tenant = '1'`).Scan(&db, &schema, &version); err != nil {
+		t.Fatal(err)
+	}
+	if db != "tenant1-db" || schema != "public" || version != 1 {
+		t.Errorf("routing says %s/%s and promoted's catalog v%d; want tenant1-db/public and promoted's own entry untouched (v1)", db, schema, version)
+	}
+}
+
+// TestFixReplicaIdentity gives the id-keyed events table a replica
+// identity covering tenant_id only when asked, and the move then filters
+// it on the server, with the same rows in the end.
+func TestFixReplicaIdentity(t *testing.T) {
+	ctx := context.Background()
+	srcDSN, dstDSN := src.NewDB(t), dst.NewDB(t)
+	seed(t, ctx, srcDSN, 100)
+	j, err := New(Config{SourceDSN: srcDSN, TargetDSN: dstDSN, Tenant: "1", Tables: []string{"events"}, FixReplicaIdentity: true}, testLogger(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	jctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	done := make(chan error, 1)
+	go func() { done <- j.Run(jctx) }()
+	waitFor(t, 60*time.Second, "catch-up", func() bool { return j.Phase() == "catchup" })
+	if !j.Tables()[0].ServerFilter {
+		t.Fatal("events is still filtered by promoted after --fix-replica-identity")
+	}
+	s := connectPinned(t, ctx, srcDSN)
+	defer s.Close(ctx)
+	var ident, filter string
+	if err := s.QueryRow(ctx, `SELECT c.relreplident::text, coalesce(pg_get_expr(pr.prqual, pr.prrelid), '')
+	    FROM pg_class c JOIN pg_publication_rel pr ON pr.prrelid = c.oid WHERE c.relname = 'events'`).Scan(&ident, &filter); err != nil {
+		t.Fatal(err)
+	}
+	if ident != "i" || !strings.Contains(filter, "tenant_id") {
+		t.Fatalf("events: replica identity %q, row filter %q; want an index identity and a tenant filter", ident, filter)
+	}
+	// Updates and deletes of every tenant still work under the filter.
+	mustExec(t, ctx, srcDSN, `UPDATE events SET kind = 'moved' WHERE tenant_id IN (1, 2) AND id % 3 = 0;
+		DELETE FROM events WHERE tenant_id IN (1, 3) AND id % 5 = 0; UPDATE events SET tenant_id = 1 WHERE tenant_id = 2 AND id % 7 = 0`)
+	end := currentLSN(t, ctx, srcDSN)
+	waitFor(t, 60*time.Second, "target to reach "+end.String(), func() bool { return j.Applied() >= end })
+	compareTenant(t, ctx, srcDSN, dstDSN, "public", "public", "1", []string{"events"})
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+}

@@ -7,6 +7,7 @@ import (
 	"io"
 	"net/http"
 	"os"
+	"strings"
 
 	"github.com/promoted/promoted/job"
 	"github.com/promoted/promoted/verify"
@@ -47,7 +48,7 @@ func report(w io.Writer, res *verify.Result) error {
 	}
 	fmt.Fprintf(w, "verified %d rows in %d ms\n", res.Rows, res.Duration.Milliseconds())
 	if !res.Equal() {
-		return fmt.Errorf("the target differs from the source: %s", res.Summary())
+		return fmt.Errorf("the target differs from the source: %s", strings.ReplaceAll(res.Summary(), "\n", "; "))
 	}
 	return nil
 }

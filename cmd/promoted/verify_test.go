@@ -1,0 +1,48 @@
+package main
+
+import (
+	"context"
+	"strings"
+	"testing"
+
+	"github.com/promoted/promoted/testenv"
+)
+
+// TestVerifyAndCancelDropTarget runs `promoted verify` on a replica (equal,
+// exit 0), then on a damaged one (exit 1, the key named on one line), and
+// `cancel --drop-target`, which leaves neither slot nor target tables.
+func TestVerifyAndCancelDropTarget(t *testing.T) {
+	ctx := context.Background()
+	srcDSN, dstDSN := src.NewDB(t), dst.NewDB(t)
+	if err := testenv.SeedSaaS(ctx, srcDSN, 100, 5); err != nil {
+		t.Fatal(err)
+	}
+	jobID, _ := jobNames(t, srcDSN, "public", "1")
+	d := startDaemon(t, nil, "replicate", "--source", srcDSN, "--sink", dstDSN, "--tenant", "1")
+	waitCaughtUp(t, d, ctx, srcDSN, dstDSN, jobID)
+	d.terminate(t)
+
+	code, out, errOut := runCLI(t, "verify", "--source", srcDSN, "--target", dstDSN, "--tenant", "1")
+	if code != 0 || !strings.Contains(out, "verified") || strings.Contains(out, "DIFFERENT") {
+		t.Fatalf("verify of an equal replica exited %d:\n%s\n%s", code, out, errOut)
+	}
+	mustExec(t, ctx, dstDSN, `SET session_replication_role = replica; UPDATE orders SET total = -1 WHERE tenant_id = 1 AND id = (SELECT min(id) FROM orders WHERE tenant_id = 1)`)
+	key := "(1," + queryOne[string](t, ctx, dstDSN, `SELECT min(id)::text FROM orders WHERE tenant_id = 1`) + ")"
+	code, _, errOut = runCLI(t, "verify", "--source", srcDSN, "--target", dstDSN, "--tenant", "1")
+	lines := strings.Split(strings.TrimSpace(errOut), "\n")
+	last := lines[len(lines)-1] // the lines before it are the log
+	if code != 1 || !strings.HasPrefix(last, "promoted: the target differs") || !strings.Contains(last, "different "+key) {
+		t.Fatalf("verify of a damaged replica exited %d, last line %q; want 1 and an error naming %s", code, last, key)
+	}
+
+	code, _, errOut = runCLI(t, "cancel", "--source", srcDSN, "--tenant", "1", "--drop-target", "--target", dstDSN)
+	if code != 0 {
+		t.Fatalf("cancel --drop-target exited %d: %s", code, errOut)
+	}
+	if n := queryOne[int64](t, ctx, dstDSN, `SELECT count(*) FROM pg_tables WHERE schemaname = 'public' AND tablename IN ('customers', 'orders', 'order_lines', 'events')`); n != 0 {
+		t.Errorf("%d target tables left after cancel --drop-target", n)
+	}
+	if s := slotsOf(t, ctx, srcDSN); len(s) != 0 {
+		t.Errorf("slots left after cancel: %v", s)
+	}
+}
