@@ -2,6 +2,9 @@ package main
 
 import (
 	"context"
+	"io"
+	"net"
+	"net/http"
 	"strings"
 	"testing"
 
@@ -18,9 +21,48 @@ func TestVerifyAndCancelDropTarget(t *testing.T) {
 		t.Fatal(err)
 	}
 	jobID, _ := jobNames(t, srcDSN, "public", "1")
-	d := startDaemon(t, nil, "replicate", "--source", srcDSN, "--sink", dstDSN, "--tenant", "1")
+	// A password in the DSN (trust auth ignores it) must never be printed.
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := l.Addr().String()
+	l.Close()
+	d := startDaemon(t, nil, "replicate", "--source", srcDSN+"&password=s3cr3t-pw", "--sink", dstDSN+"&password=s3cr3t-pw",
+		"--tenant", "1", "--metrics-addr", addr, "--log-level", "debug")
 	waitCaughtUp(t, d, ctx, srcDSN, dstDSN, jobID)
+	get := func(path string) string {
+		resp, err := http.Get("http://" + addr + path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		if resp.StatusCode != http.StatusOK {
+			t.Fatalf("GET %s: %s %s", path, resp.Status, b)
+		}
+		return string(b)
+	}
+	metrics := get("/metrics")
+	for _, m := range []string{`promoted_snapshot_rows_total{table="public.orders",tenant="1"}`, "promoted_apply_durable_lsn_bytes",
+		"promoted_job_lag_bytes", `promoted_apply_changes_total{op="insert",tenant="1"}`} {
+		if !strings.Contains(metrics, m) {
+			t.Errorf("/metrics lacks %s", m)
+		}
+	}
+	if live := get("/verify"); !strings.Contains(live, "verified") || strings.Contains(live, "DIFFERENT") {
+		t.Errorf("GET /verify on the running daemon: %s", live)
+	}
 	d.terminate(t)
+	d.out.mu.Lock()
+	logs := d.out.b.String()
+	d.out.mu.Unlock()
+	if !strings.Contains(logs, "streaming") {
+		t.Fatalf("the daemon's log was not captured:\n%s", logs)
+	}
+	if strings.Contains(logs, "s3cr3t") || strings.Contains(metrics, "s3cr3t") {
+		t.Error("the password appeared in the logs or metrics")
+	}
 
 	code, out, errOut := runCLI(t, "verify", "--source", srcDSN, "--target", dstDSN, "--tenant", "1")
 	if code != 0 || !strings.Contains(out, "verified") || strings.Contains(out, "DIFFERENT") {
