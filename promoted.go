@@ -222,8 +222,50 @@ type Sink interface {
 // values (a row that entered the tenant through an UPDATE, hazards.md 3.2).
 type RowFetcher interface {
 	// FetchRow returns the source row with the given key if it still exists
-	// and belongs to the tenant.
-	FetchRow(ctx context.Context, t *Table, key Row) (Row, bool, error)
+	// and belongs to the tenant, once the source transaction xid that
+	// sent it is visible there (a re-read before that would miss the row).
+	FetchRow(ctx context.Context, t *Table, key Row, xid uint32) (Row, bool, error)
+}
+
+// TenantPredicate is the one SQL predicate that selects the tenant's rows
+// of t, on either side: `"tenant_id" = '42'::bigint`. The value is the
+// literal the source printed for the tenant column's type, quoted, so the
+// same tenant spelled 042 or 42 selects the same rows; user-defined types
+// are left to the server to infer from the comparison with the column. The
+// result is SQL text: concatenate it, never pass it through a format
+// string (a % in a tenant id is data).
+func (t *Table) TenantPredicate() string {
+	col := t.Columns[t.Tenant]
+	pred := QuoteIdent(col.Name) + " = " + QuoteLiteral(t.TenantLiteral)
+	if col.TypeOID != 0 && col.TypeOID < FirstUserOID {
+		pred += "::" + col.Type
+	}
+	return pred
+}
+
+// FirstUserOID is the first OID PostgreSQL gives user-defined objects:
+// a type below it is built in and its name means the same in every
+// database.
+const FirstUserOID = 16384
+
+// QuoteIdent quotes one identifier.
+func QuoteIdent(name string) string {
+	return `"` + strings.ReplaceAll(name, `"`, `""`) + `"`
+}
+
+// DollarQuote returns s as a dollar-quoted string constant whose tag does
+// not occur in s, so SQL text that is itself embedded (a DO block around
+// DDL whose enum labels, defaults or checks came from the source) can
+// never end the quote early. It is the one way promoted embeds SQL text in
+// SQL.
+func DollarQuote(s string) string {
+	tag := "$promoted$"
+	// The closing tag must be the first occurrence of the tag after the
+	// opening one: s may neither contain it nor end with a prefix of it.
+	for i := 1; strings.Index(s+tag, tag) != len(s); i++ {
+		tag = fmt.Sprintf("$promoted%d$", i)
+	}
+	return tag + s + tag
 }
 
 // QuoteLiteral quotes s as an SQL string literal under

@@ -92,13 +92,15 @@ func (p *Postgres) refetchInsert(ctx context.Context, c *promoted.Change, img pr
 	if p.fetch == nil {
 		return fmt.Errorf("apply insert to %s %s: pgoutput sent unchanged TOAST values for a row new to the target and no source reader is configured", t, keyText(t, t.PrimaryKey, img))
 	}
-	row, ok, err := p.fetch.FetchRow(ctx, t, img)
+	row, ok, err := p.fetch.FetchRow(ctx, t, img, p.xid)
 	if err != nil {
 		return fmt.Errorf("re-read %s %s from the source: %w", t, keyText(t, t.PrimaryKey, img), err)
 	}
 	p.m.refetches.Inc()
 	if !ok {
-		// Deleted or moved away since; its later change finds nothing.
+		// The transaction that sent it is visible, so the row was deleted
+		// or moved away since, by a later transaction the stream brings
+		// next; that change finds nothing, rightly.
 		p.mu.Lock()
 		p.gone[t.String()+keyText(t, t.PrimaryKey, img)] = true
 		p.mu.Unlock()

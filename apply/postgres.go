@@ -19,6 +19,8 @@ import (
 	"github.com/spf13/pflag"
 
 	"github.com/promoted/promoted"
+	"github.com/promoted/promoted/db"
+	"github.com/promoted/promoted/state"
 )
 
 // Config tunes the PostgreSQL sink.
@@ -38,12 +40,18 @@ func (c *Config) Bind(fs *pflag.FlagSet) {
 	fs.DurationVar(&c.BatchAge, "apply-batch-age", 500*time.Millisecond, "commit the target transaction when it is older than this")
 }
 
-// Validate fills defaults.
+// Validate fills defaults for zero values and refuses negative ones.
 func (c *Config) Validate() error {
-	if c.BatchChanges <= 0 {
+	switch {
+	case c.BatchChanges < 0:
+		return fmt.Errorf("--apply-batch %d is negative: pass a number of changes such as 2000", c.BatchChanges)
+	case c.BatchAge < 0:
+		return fmt.Errorf("--apply-batch-age %s is negative: pass a duration such as 500ms", c.BatchAge)
+	}
+	if c.BatchChanges == 0 {
 		c.BatchChanges = 2000
 	}
-	if c.BatchAge <= 0 {
+	if c.BatchAge == 0 {
 		c.BatchAge = 500 * time.Millisecond
 	}
 	if c.Pipeline <= 0 {
@@ -82,7 +90,8 @@ type Postgres struct {
 
 	// The open target transaction.
 	inTx      bool
-	midTxn    bool // a Partial source transaction is open
+	xid       uint32 // the source transaction being applied
+	midTxn    bool   // a Partial source transaction is open
 	txStart   time.Time
 	txChanges int
 	pendEnd   promoted.LSN
@@ -117,22 +126,18 @@ type check struct {
 // checks do not fire on apply (hazards.md 8.1), with synchronous_commit on,
 // so a commit is durable before it is acknowledged (hazards.md 5.2).
 func Connect(ctx context.Context, dsn string) (*pgx.Conn, error) {
-	cc, err := pgx.ParseConfig(dsn)
+	cc, err := db.Config(db.Target, dsn, "promoted-apply")
 	if err != nil {
-		return nil, fmt.Errorf("target DSN: %w", err)
-	}
-	for k, v := range promoted.SessionParams {
-		cc.RuntimeParams[k] = v
+		return nil, err
 	}
 	cc.RuntimeParams["synchronous_commit"] = "on"
-	cc.RuntimeParams["application_name"] = "promoted-apply"
 	conn, err := pgx.ConnectConfig(ctx, cc)
 	if err != nil {
-		return nil, fmt.Errorf("connect to target: %w", err)
+		return nil, fmt.Errorf("connect to the target: %w", err)
 	}
 	if _, err := conn.Exec(ctx, "SET session_replication_role = replica"); err != nil {
 		conn.Close(ctx)
-		return nil, fmt.Errorf("the target role cannot set session_replication_role (needed so target triggers and foreign keys do not fire on apply): use a superuser or GRANT SET ON PARAMETER session_replication_role TO the role: %w", err)
+		return nil, fmt.Errorf("the target role cannot set session_replication_role (needed so target triggers and foreign keys do not fire on apply): GRANT SET ON PARAMETER session_replication_role TO the role: %w", err)
 	}
 	return conn, nil
 }
@@ -178,7 +183,7 @@ func (p *Postgres) Apply(ctx context.Context, txn *promoted.Txn) error {
 	if !p.inTx {
 		p.begin()
 	}
-	p.midTxn = txn.Partial
+	p.midTxn, p.xid = txn.Partial, txn.Xid
 	for i := range txn.Changes {
 		if err := p.change(ctx, &txn.Changes[i]); err != nil {
 			return err
@@ -240,10 +245,10 @@ func (p *Postgres) commit(ctx context.Context) error {
 		return nil
 	}
 	if p.pendEnd > p.Durable() {
-		p.queue(`UPDATE promoted.progress SET applied_lsn = $2::pg_lsn, updated_at = now() WHERE job_id = $1`,
+		p.queue(state.AdvanceSQL,
 			[][]byte{[]byte(p.jobID), []byte(p.pendEnd.String())}, check{exactOne: true})
 		for content, lsn := range p.pendMark {
-			p.queue(`UPDATE promoted.progress SET marker = $2, marker_lsn = $3::pg_lsn WHERE job_id = $1`,
+			p.queue(state.MarkerSQL,
 				[][]byte{[]byte(p.jobID), []byte(content), []byte(lsn.String())}, check{exactOne: true})
 		}
 	}

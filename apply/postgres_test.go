@@ -11,6 +11,7 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/promoted/promoted"
+	"github.com/promoted/promoted/state"
 	"github.com/promoted/promoted/testenv"
 )
 
@@ -43,11 +44,8 @@ func newEnv(t *testing.T) *env {
 	    CREATE SCHEMA src; CREATE TABLE src.ev (LIKE ev INCLUDING ALL);`); err != nil {
 		t.Fatal(err)
 	}
-	if err := EnsureProgressTable(ctx, conn); err != nil {
-		t.Fatal(err)
-	}
-	if err := WriteProgress(ctx, conn, &Progress{JobID: "j", Tenant: "7", SourceSchema: "src", TargetSchema: "public",
-		Slot: "s", Publication: "p", Phase: PhaseCatchup, Applied: 100}); err != nil {
+	if err := state.WriteProgress(ctx, conn, &state.Progress{JobID: "j", Tenant: "7", SourceSchema: "src", TargetSchema: "public",
+		Slot: "s", Publication: "p", Phase: state.ProgressCatchup, Applied: 100}); err != nil {
 		t.Fatal(err)
 	}
 	return &env{dsn: dsn, conn: conn}
@@ -60,7 +58,7 @@ func (e *env) sink(t *testing.T, fetch promoted.RowFetcher) *Postgres {
 	if err != nil {
 		t.Fatal(err)
 	}
-	p, err := ReadProgress(ctx, e.conn, "j")
+	p, err := state.ReadProgress(ctx, e.conn, "j")
 	if err != nil || p == nil {
 		t.Fatalf("progress: %v %v", p, err)
 	}
@@ -206,7 +204,7 @@ func TestLenientChanges(t *testing.T) {
 // srcFetcher reads the row from the test's own source table.
 type srcFetcher struct{ conn *pgx.Conn }
 
-func (f srcFetcher) FetchRow(ctx context.Context, t *promoted.Table, key promoted.Row) (promoted.Row, bool, error) {
+func (f srcFetcher) FetchRow(ctx context.Context, t *promoted.Table, key promoted.Row, _ uint32) (promoted.Row, bool, error) {
 	var small *string
 	var big string
 	err := f.conn.QueryRow(ctx, `SELECT small::text, big FROM src.ev WHERE tenant_id = 7 AND id = $1::int`, string(key[1].Data)).Scan(&small, &big)

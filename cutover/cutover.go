@@ -13,6 +13,7 @@ import (
 
 	"github.com/promoted/promoted"
 	"github.com/promoted/promoted/schema"
+	"github.com/promoted/promoted/state"
 	"github.com/promoted/promoted/verify"
 )
 
@@ -31,6 +32,10 @@ type Config struct {
 	CatalogDSN string
 	// SkipVerify skips the count and checksum comparison under the fence.
 	SkipVerify bool
+	// SettleWait bounds how long a flip whose COMMIT went unanswered is
+	// asked about on fresh sessions before the outcome counts as unknown
+	// (0: 30s).
+	SettleWait time.Duration
 	// FenceCheck is what is compared under the fence after the full live
 	// verification just before it: everything (CheckFull), the counts and
 	// the rows changed since (CheckChanged), or the first when it is
@@ -58,11 +63,17 @@ func (c *Config) Bind(fs *pflag.FlagSet) {
 
 // Validate checks the configuration.
 func (c *Config) Validate() error {
-	if c.MaxLag <= 0 {
+	switch {
+	case c.MaxLag < 0:
+		return fmt.Errorf("--max-lag %d is negative: pass a number of WAL bytes such as 1048576", c.MaxLag)
+	case c.MaxLag == 0:
 		c.MaxLag = 1 << 20
 	}
-	if c.Timeout <= 0 {
-		return errors.New("--cutover-timeout must be positive: pass e.g. 5s")
+	switch {
+	case c.Timeout < 0:
+		return fmt.Errorf("--cutover-timeout %s is negative: pass a duration such as 5s", c.Timeout)
+	case c.Timeout == 0:
+		c.Timeout = 5 * time.Second
 	}
 	switch c.FenceCheck {
 	case "":
@@ -75,9 +86,11 @@ func (c *Config) Validate() error {
 }
 
 // Hooks run at the steps of the cutover, so tests can inject faults (a
-// crash, a slow drain) exactly there.
+// crash, a slow drain, a lost COMMIT) exactly there.
 type Hooks struct {
 	BeforeArm, AfterArm, AfterDrain, AfterFlip func()
+	// BeforeFlipCommit runs just before the catalog flip's COMMIT is sent.
+	BeforeFlipCommit func()
 }
 
 // Drainer is the part of the sink the cutover waits on.
@@ -94,7 +107,7 @@ type Move struct {
 	Sequences                           []schema.Sequence
 	// Entry is the catalog entry read at prepare: the flip's
 	// compare-and-swap is against its version.
-	Entry Entry
+	Entry state.Entry
 }
 
 // Summary is what the cutover did.
@@ -116,7 +129,7 @@ type Cutover struct {
 	cfg     Config
 	src     *pgx.Conn // source, pinned session settings
 	dst     *pgx.Conn // target, pinned session settings
-	catalog *Catalog
+	catalog *state.Catalog
 	log     *slog.Logger
 	m       *metrics
 	Hooks   Hooks
@@ -128,34 +141,38 @@ type Cutover struct {
 }
 
 // New makes a cutover over open connections; it owns none of them.
-func New(cfg Config, src, dst *pgx.Conn, catalog *Catalog, tenant string, log *slog.Logger) *Cutover {
+func New(cfg Config, src, dst *pgx.Conn, catalog *state.Catalog, tenant string, log *slog.Logger) *Cutover {
 	return &Cutover{cfg: cfg, src: src, dst: dst, catalog: catalog, log: log, m: newMetrics(tenant)}
 }
 
 // Run arms the fence, waits out older transactions, writes the marker,
 // drains through it, verifies, syncs sequences and flips. Any failure, or
 // the timeout, disarms the fence before returning: the source stays
-// authoritative and the move can try again. lag reports the current lag.
+// authoritative and the move can try again. The one exception is a flip
+// whose outcome cannot be learnt (its COMMIT went unanswered and the
+// catalog database cannot be asked): the fence then stays armed, because
+// disarming it after a flip that did commit would let the tenant write
+// where nobody reads. lag reports the current lag.
 func (c *Cutover) Run(ctx context.Context, mv Move, sink Drainer, lag int64) (*Summary, error) {
 	sum := &Summary{LagAtFence: lag}
 	if c.Hooks.BeforeArm != nil {
 		c.Hooks.BeforeArm()
 	}
 	start := time.Now()
-	armedAt, err := Arm(ctx, c.src, mv.Schema, mv.Tenant, mv.JobID)
+	armedAt, err := Arm(ctx, c.src, mv)
 	if err != nil {
 		return nil, err
 	}
 	c.m.attempts.Inc()
 	c.log.Info("fence armed", "lag_bytes", lag)
-	flipped := false
+	flipped, unknown := false, false
 	defer func() {
-		if flipped {
+		if flipped || unknown {
 			return
 		}
 		dctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 		defer cancel()
-		if err := Disarm(dctx, c.src, mv.Schema, mv.Tenant, mv.JobID); err != nil {
+		if err := state.DisarmFence(dctx, c.src, mv.Schema, mv.Tenant, mv.JobID); err != nil {
 			c.log.Error("disarm fence after a failed cutover: the tenant's writes stay fenced until `promoted cancel` or a rerun", "err", err)
 			return
 		}
@@ -167,7 +184,7 @@ func (c *Cutover) Run(ctx context.Context, mv Move, sink Drainer, lag int64) (*S
 	}
 	dctx, cancel := context.WithTimeout(ctx, c.cfg.Timeout)
 	defer cancel()
-	if err := Barrier(dctx, c.src, armedAt); err != nil {
+	if err := Barrier(dctx, c.src); err != nil {
 		return nil, err
 	}
 	step := func(name string) { c.log.Debug("cutover step", "step", name, "ms", time.Since(start).Milliseconds()) }
@@ -212,18 +229,38 @@ func (c *Cutover) Run(ctx context.Context, mv Move, sink Drainer, lag int64) (*S
 		return nil, err
 	}
 	step("sequences")
+	// The triggers are checked again just before the flip: the fence
+	// must still hold while the catalog moves.
+	if err := checkTriggers(dctx, c.src, mv.Tables); err != nil {
+		return nil, err
+	}
 	if dctx.Err() != nil {
 		return nil, fmt.Errorf("the cutover took longer than --cutover-timeout %s: the fence is disarmed and the catalog unchanged", c.cfg.Timeout)
 	}
-	sum.Version, err = c.catalog.Flip(dctx, mv.JobID, mv.Tenant, c.cfg.Location, mv.TargetSchema, mv.Entry.Version)
-	if err != nil {
-		// A lost connection during COMMIT leaves the outcome unknown: the
-		// flip record says what happened.
-		if ok, v, rerr := c.catalog.Flipped(context.Background(), mv.JobID); rerr == nil && ok {
-			sum.Version = v
-		} else {
-			return nil, err
+	sum.Version, err = c.catalog.Flip(dctx, mv.JobID, mv.Tenant, c.cfg.Location, mv.TargetSchema, mv.Entry.Version,
+		state.Hooks{BeforeCommit: c.Hooks.BeforeFlipCommit})
+	if errors.Is(err, state.ErrOutcomeUnknown) {
+		// The COMMIT was sent and not answered: ask a fresh session,
+		// which waits for the flip transaction to end. Never guess.
+		wait := c.cfg.SettleWait
+		if wait <= 0 {
+			wait = 30 * time.Second
 		}
+		ok, v, rerr := c.catalog.SettleFlip(mv.JobID, wait)
+		switch {
+		case rerr != nil:
+			unknown = true
+			c.log.Error("the catalog flip's outcome is unknown: the fence stays armed", "commit_err", err, "err", rerr)
+			return nil, fmt.Errorf("the catalog flip's COMMIT went unanswered and the catalog database cannot be asked whether it committed, so the fence stays armed (no write is lost): rerun promote once the catalog database is reachable, it settles the outcome: %w", rerr)
+		case ok:
+			c.log.Warn("the catalog flip's COMMIT went unanswered, but the flip committed", "err", err)
+			sum.Version, err = v, nil
+		default:
+			c.log.Warn("the catalog flip's COMMIT went unanswered, and the flip did not commit", "err", err)
+		}
+	}
+	if err != nil {
+		return nil, err
 	}
 	flipped = true
 	sum.Blocked = time.Since(start)

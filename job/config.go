@@ -9,14 +9,13 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
-	"strings"
 	"time"
 
-	"github.com/jackc/pgx/v5"
 	"github.com/spf13/pflag"
 
 	"github.com/promoted/promoted/apply"
 	"github.com/promoted/promoted/cutover"
+	"github.com/promoted/promoted/db"
 	"github.com/promoted/promoted/snapshot"
 	"github.com/promoted/promoted/stream"
 )
@@ -30,6 +29,13 @@ type Config struct {
 	Schema       string
 	TargetSchema string
 	Tables       []string
+	// Sequences are sequences of Schema the application calls by name,
+	// moved besides those the tables use.
+	Sequences []string
+	// AllowEmpty lets a move start for a tenant with no rows (otherwise a
+	// typo in --tenant would be promoted, catalog entry and fence
+	// included).
+	AllowEmpty bool
 	// FixReplicaIdentity lets the move give tables whose replica identity
 	// does not cover the tenant column one that does, so the server can
 	// filter their changes. Without it the source is never altered.
@@ -53,29 +59,56 @@ type Config struct {
 	Cutover cutover.Config
 }
 
-// Bind registers the flags of a move (the CLI binds DSNs and the tenant).
-func (c *Config) Bind(fs *pflag.FlagSet) {
+// BindMove registers the flags that name what moves: every command that
+// runs a move has them.
+func (c *Config) BindMove(fs *pflag.FlagSet) {
 	fs.StringVar(&c.TenantColumn, "tenant-column", "tenant_id", "column that holds the tenant in pooled tables")
 	fs.StringVar(&c.Schema, "schema", "public", "source schema")
 	fs.StringVar(&c.TargetSchema, "target-schema", "", "target schema (default: same name; required when target and source are the same database)")
 	fs.StringSliceVar(&c.Tables, "tables", nil, "tables to move (default: every table of --schema with the tenant column)")
-	fs.BoolVar(&c.FixReplicaIdentity, "fix-replica-identity", false, "give tables whose replica identity lacks the tenant column a unique (tenant, key) index as replica identity, so the source filters them")
 	fs.DurationVar(&c.SlotTimeout, "slot-timeout", time.Minute, "how long slot creation may wait for older source transactions to end")
 	fs.DurationVar(&c.ProgressInterval, "progress-interval", 5*time.Second, "how often progress is logged")
+}
+
+// BindCopy registers the flags of a move that starts by copying (replicate
+// and promote, not verify).
+func (c *Config) BindCopy(fs *pflag.FlagSet) {
+	fs.StringSliceVar(&c.Sequences, "sequences", nil, "sequences of --schema the application calls by name, moved besides those the tables use")
+	fs.BoolVar(&c.AllowEmpty, "allow-empty", false, "move a tenant that has no rows (refused otherwise: usually a typo in --tenant)")
+	fs.BoolVar(&c.FixReplicaIdentity, "fix-replica-identity", false, "give tables whose replica identity lacks the tenant column a unique (tenant, key) index as replica identity, so the source filters them")
 	c.Copy.Bind(fs)
+}
+
+// BindStream registers the flags of the catch-up stream and its apply.
+func (c *Config) BindStream(fs *pflag.FlagSet) {
 	c.Stream.Bind(fs)
 	c.Apply.Bind(fs)
 }
 
-// Validate checks the configuration before anything is touched.
+// UsageError is a configuration the command line should never have let
+// through: the CLI exits 2 for it, like for a flag it cannot parse.
+type UsageError struct{ Msg string }
+
+func (e *UsageError) Error() string { return e.Msg }
+
+func usage(err error) error {
+	if err == nil {
+		return nil
+	}
+	return &UsageError{Msg: err.Error()}
+}
+
+// Validate checks the configuration before anything is touched. Zero
+// values of a Config built in code mean the defaults; a negative one is
+// refused (the CLI also refuses a zero given on the command line).
 func (c *Config) Validate() error {
 	switch {
 	case c.SourceDSN == "":
-		return errors.New("--source is required: pass the source database's connection string")
+		return usage(errors.New("--source is required: pass the source database's connection string"))
 	case c.TargetDSN == "":
-		return errors.New("--target (or --sink) is required: pass the target database's connection string")
+		return usage(errors.New("--target (or --sink) is required: pass the target database's connection string"))
 	case c.Tenant == "":
-		return errors.New("--tenant is required: pass the tenant's value of the tenant column")
+		return usage(errors.New("--tenant is required: pass the tenant's value of the tenant column"))
 	}
 	if c.TenantColumn == "" {
 		c.TenantColumn = "tenant_id"
@@ -86,29 +119,47 @@ func (c *Config) Validate() error {
 	if c.TargetSchema == "" {
 		c.TargetSchema = c.Schema
 	}
-	if c.SlotTimeout <= 0 {
+	if c.TargetSchema == "promoted" || c.Schema == "promoted" {
+		return usage(errors.New("schema promoted holds promoted's own state and cannot be moved from or into: choose another --schema or --target-schema"))
+	}
+	switch {
+	case c.SlotTimeout < 0:
+		return usage(fmt.Errorf("--slot-timeout %s is negative: pass a duration such as 1m", c.SlotTimeout))
+	case c.SlotTimeout == 0:
 		c.SlotTimeout = time.Minute
 	}
-	if c.ProgressInterval <= 0 {
+	switch {
+	case c.ProgressInterval < 0:
+		return usage(fmt.Errorf("--progress-interval %s is negative: pass a duration such as 5s", c.ProgressInterval))
+	case c.ProgressInterval == 0:
 		c.ProgressInterval = 5 * time.Second
 	}
-	for _, dsn := range []string{c.SourceDSN, c.TargetDSN} {
-		if _, err := pgx.ParseConfig(dsn); err != nil {
-			return fmt.Errorf("connection string %s is not valid: %w", Redact(dsn), err)
-		}
+	if _, err := db.ParseDSN(db.Source, c.SourceDSN); err != nil {
+		return usage(err)
+	}
+	if _, err := db.ParseDSN(db.Target, c.TargetDSN); err != nil {
+		return usage(err)
 	}
 	if c.Promote {
 		if err := c.Cutover.Validate(); err != nil {
-			return err
+			return usage(err)
+		}
+		if c.Cutover.CatalogDSN != "" {
+			if _, err := db.ParseDSN(db.Catalog, c.Cutover.CatalogDSN); err != nil {
+				return usage(err)
+			}
 		}
 		if c.Cutover.Location == "" {
-			c.Cutover.Location = Redact(c.TargetDSN)
+			c.Cutover.Location = db.Redact(c.TargetDSN)
 		}
 	}
 	if err := c.Copy.Validate(); err != nil {
-		return err
+		return usage(err)
 	}
-	return c.Apply.Validate()
+	if err := c.Stream.Validate(); err != nil {
+		return usage(err)
+	}
+	return usage(c.Apply.Validate())
 }
 
 // JobID names a move of one tenant out of one schema of one source
@@ -120,13 +171,4 @@ func JobID(database, schema, tenant string) string {
 }
 
 // Redact removes the password from a connection string for messages.
-func Redact(dsn string) string {
-	cfg, err := pgx.ParseConfig(dsn)
-	if err != nil {
-		if i := strings.Index(dsn, "@"); i > 0 {
-			return "(connection string)" + dsn[i:]
-		}
-		return "(connection string)"
-	}
-	return fmt.Sprintf("postgres://%s@%s:%d/%s", cfg.User, cfg.Host, cfg.Port, cfg.Database)
-}
+func Redact(dsn string) string { return db.Redact(dsn) }

@@ -115,3 +115,20 @@ func load(t testing.TB, ctx context.Context, dsn string, tenants []int, perTenan
 	}
 	return stop
 }
+
+// waitCatchup waits until the job streams, failing with its error if it
+// stops first.
+func waitCatchup(t testing.TB, j *Job, done chan error) {
+	t.Helper()
+	deadline := time.Now().Add(60 * time.Second)
+	for j.Phase() != "catchup" {
+		select {
+		case err := <-done:
+			t.Fatalf("the move stopped before its catch-up: %v", err)
+		case <-time.After(50 * time.Millisecond):
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("timed out after 1m waiting for the catch-up")
+		}
+	}
+}

@@ -5,6 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -16,8 +18,10 @@ import (
 	"github.com/promoted/promoted"
 	"github.com/promoted/promoted/apply"
 	"github.com/promoted/promoted/cutover"
+	"github.com/promoted/promoted/db"
 	"github.com/promoted/promoted/schema"
 	"github.com/promoted/promoted/snapshot"
+	"github.com/promoted/promoted/state"
 	"github.com/promoted/promoted/stream"
 	"github.com/promoted/promoted/verify"
 )
@@ -26,6 +30,9 @@ import (
 type Hooks struct {
 	// AfterChunk runs after each copied chunk is committed on the target.
 	AfterChunk func(table string)
+	// AfterKeys runs once the target's keys and foreign keys are built,
+	// before the copy is recorded as done.
+	AfterKeys func()
 	// Streaming runs once the catch-up stream starts.
 	Streaming func()
 	// BeforeCutover runs when the catch-up is streaming, before the job
@@ -56,12 +63,18 @@ type Job struct {
 
 	src  *pgx.Conn // the coordinator's source session, while Run runs
 	gate *gate
+	// verifying holds a token while a live verification runs.
+	verifying chan struct{}
 	// verified is the result of a verify-only run; preVerified of the
 	// cutover's full comparison before the fence.
 	verified, preVerified *verify.Result
 	copied                map[*promoted.Table]int64
 	summary               *Summary
-	entry                 cutover.Entry
+	entry                 state.Entry
+
+	// FetchWait bounds how long a re-read of a row waits for its source
+	// transaction to become visible (0: the fetcher's default).
+	FetchWait time.Duration
 }
 
 // New checks the configuration; nothing is touched until Run.
@@ -69,7 +82,7 @@ func New(cfg Config, log *slog.Logger) (*Job, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
-	j := &Job{cfg: cfg, log: log.With("tenant", cfg.Tenant), m: newMetrics(cfg.Tenant)}
+	j := &Job{cfg: cfg, log: log.With("tenant", cfg.Tenant), m: newMetrics(cfg.Tenant), verifying: make(chan struct{}, 1)}
 	j.phase.Store("plan")
 	return j, nil
 }
@@ -125,40 +138,32 @@ func (j *Job) RowsCopied() int64 {
 	return j.copier.RowsCopied()
 }
 
-// Run plans and checks the move, prepares the target, takes the snapshot
-// (or resumes after a crash), and then streams the tenant's changes until
-// ctx ends. A clean stop (ctx cancelled) returns nil with everything
-// received either committed on the target and acknowledged, or neither.
+// Run plans and checks the move, records it on the source, prepares the
+// target, takes the snapshot (or resumes after a crash), and then streams
+// the tenant's changes until ctx ends. A clean stop (ctx cancelled)
+// returns nil with everything received either committed on the target and
+// acknowledged, or neither.
 func (j *Job) Run(ctx context.Context) error {
-	src, err := connect(ctx, j.cfg.SourceDSN, "source", "promoted")
+	src, err := db.Open(ctx, db.Source, j.cfg.SourceDSN, "promoted")
 	if err != nil {
 		return err
 	}
 	defer src.Close(context.Background())
 	j.src = src
-	dst, err := connect(ctx, j.cfg.TargetDSN, "target", "promoted")
+	dst, err := db.Open(ctx, db.Target, j.cfg.TargetDSN, "promoted")
 	if err != nil {
 		return err
 	}
 	defer dst.Close(context.Background())
 
-	var db string
-	if err := src.QueryRow(ctx, "SELECT current_database()").Scan(&db); err != nil {
-		return fmt.Errorf("identify source database: %w", err)
-	}
-	j.ID = JobID(db, j.cfg.Schema, j.cfg.Tenant)
-	j.names = snapshot.NamesFor(j.ID)
-	j.log = j.log.With("job", j.ID)
-	lease, err := acquireLease(ctx, j.cfg.SourceDSN, j.ID, j.cfg.Tenant)
-	if err != nil {
-		return err
-	}
-	defer lease.release()
-
 	// Plan and preflight: nothing is created on either side before these
 	// pass.
-	if err := preflight(ctx, src, &j.cfg, j.names.Slot); err != nil {
+	if err := preflight(ctx, src); err != nil {
 		return err
+	}
+	var dbName string
+	if err := src.QueryRow(ctx, "SELECT current_database()").Scan(&dbName); err != nil {
+		return fmt.Errorf("identify source database: %w", err)
 	}
 	same, err := sameDatabase(ctx, src, dst)
 	if err != nil {
@@ -168,21 +173,60 @@ func (j *Job) Run(ctx context.Context) error {
 		return fmt.Errorf("target and source are the same database and --target-schema is %q, the source schema: pass --target-schema with a new schema name", j.cfg.TargetSchema)
 	}
 	plan, err := schema.Load(ctx, src, schema.Config{Schema: j.cfg.Schema, TargetSchema: j.cfg.TargetSchema,
-		TenantColumn: j.cfg.TenantColumn, Tables: j.cfg.Tables, Tenant: promoted.Tenant(j.cfg.Tenant), SameDatabase: same})
+		TenantColumn: j.cfg.TenantColumn, Tables: j.cfg.Tables, Sequences: j.cfg.Sequences, Tenant: promoted.Tenant(j.cfg.Tenant), SameDatabase: same})
 	if err != nil {
 		return err
 	}
 	j.plan = plan
-	if err := checkOwnership(ctx, src, plan.Tables); err != nil {
-		return err
+	if j.cfg.Promote && len(plan.ReferencedBy) > 0 {
+		return fmt.Errorf("foreign key %s, whose table is not moved: after the promotion its rows would point at rows that cleanup deletes; add that table to --tables", plan.ReferencedBy[0])
 	}
-	prog, err := apply.ReadProgress(ctx, dst, j.ID)
+	// The move is named by the tenant as the source prints it, so 042 and
+	// 42 are one move of one tenant.
+	j.ID = JobID(dbName, j.cfg.Schema, plan.Tenant())
+	j.names = snapshot.NamesFor(j.ID)
+	j.log = j.log.With("job", j.ID)
+	lease, err := acquireLease(ctx, j.cfg.SourceDSN, j.ID, plan.Tenant())
 	if err != nil {
 		return err
 	}
-	if prog == nil {
-		if err := checkTarget(ctx, dst, plan.Tables); err != nil {
+	defer lease.release()
+	if err := checkSlots(ctx, src, j.names.Slot); err != nil {
+		return err
+	}
+	if err := checkOwnership(ctx, src, plan.Tables); err != nil {
+		return err
+	}
+	rec, err := state.ReadJob(ctx, src, j.ID)
+	if err != nil {
+		return err
+	}
+	prog, err := state.ReadProgress(ctx, dst, j.ID)
+	if err != nil {
+		return err
+	}
+	if rec != nil && rec.Active() {
+		if err := j.sameMove(rec, prog); err != nil {
 			return err
+		}
+	}
+	if j.cfg.VerifyOnly {
+		return j.runVerify(ctx, rec, prog)
+	}
+	fresh := prog == nil || rec == nil || !rec.Active() || prog.Phase != state.ProgressCatchup
+	if err := checkTargetRole(ctx, dst, j.cfg.TargetSchema); err != nil {
+		return err
+	}
+	if fresh {
+		if prog == nil {
+			if err := checkTarget(ctx, dst, plan.Tables); err != nil {
+				return err
+			}
+		}
+		if !j.cfg.AllowEmpty {
+			if err := checkNotEmpty(ctx, src, plan.Tables); err != nil {
+				return err
+			}
 		}
 	}
 	// Logged only once every refusal has passed, so a refusal is the one
@@ -197,33 +241,37 @@ func (j *Job) Run(ctx context.Context) error {
 		}
 		j.log.Info("table", "stage", "plan", "table", t.String(), "estimated_rows", t.EstimatedRows, "filter", mode)
 	}
+
+	// The record comes first: everything created from here on is found
+	// and removed through it by cancel and cleanup.
+	kind := state.KindReplicate
+	if j.cfg.Promote {
+		kind = state.KindPromote
+	}
+	if err := state.RecordJob(ctx, src, &state.Job{ID: j.ID, Tenant: plan.Tenant(), Schema: j.cfg.Schema, Kind: kind,
+		Target: db.Redact(j.cfg.TargetDSN), TargetSchema: j.cfg.TargetSchema, TenantColumn: j.cfg.TenantColumn,
+		TenantType: plan.TenantType(), Tables: plan.TableNames(), Phase: state.PhasePrepare}); err != nil {
+		return err
+	}
 	if j.cfg.FixReplicaIdentity {
 		if err := fixReplicaIdentity(ctx, src, plan.Tables); err != nil {
 			return err
 		}
 	}
-
 	if j.cfg.Promote {
 		done, err := j.preparePromote(ctx, src)
 		if err != nil || done {
 			return err
 		}
 	}
-
-	if j.cfg.VerifyOnly && (prog == nil || prog.Phase != apply.PhaseCatchup) {
-		return fmt.Errorf("no copied move of tenant %s into %s is recorded on the target, so there is nothing to verify: run replicate or promote first", j.cfg.Tenant, Redact(j.cfg.TargetDSN))
-	}
-	if prog != nil && prog.Phase == apply.PhaseCatchup {
-		if prog.TargetSchema != j.cfg.TargetSchema {
-			return fmt.Errorf("the target records this move into schema %q, not %q: pass --target-schema %s, or cancel the move", prog.TargetSchema, j.cfg.TargetSchema, prog.TargetSchema)
-		}
+	if !fresh {
 		return j.resume(ctx, src, prog)
 	}
 	if prog != nil {
-		// A crash during the copy: the exported snapshot died with the
-		// daemon and cannot be recreated, so the copy starts over with a
-		// new slot (hazards.md 1.1, 1.7).
-		j.log.Warn("an earlier run stopped during the snapshot: starting the copy again", "stage", "prepare")
+		// A crash during the copy (the exported snapshot died with the
+		// daemon and cannot be recreated, hazards.md 1.1, 1.7), or a
+		// move cancelled earlier: the copy starts over with a new slot.
+		j.log.Warn("an earlier run stopped before the copy finished, or was cancelled: starting the copy again", "stage", "prepare")
 		if err := j.restart(ctx, src, dst); err != nil {
 			return err
 		}
@@ -231,34 +279,76 @@ func (j *Job) Run(ctx context.Context) error {
 	return j.start(ctx, src, dst)
 }
 
-// restart removes what an interrupted snapshot left: the slot and
-// publication on the source, the tenant's rows on the target.
+// sameMove refuses a run whose flags contradict the recorded move: the
+// record says what the move copies and where, and a second set of tables
+// or another target would mix two moves under one slot and fence.
+func (j *Job) sameMove(rec *state.Job, prog *state.Progress) error {
+	again := fmt.Sprintf("rerun with the flags the move was started with, or run `promoted cancel --source ... --tenant %s --schema %s` first", j.cfg.Tenant, j.cfg.Schema)
+	if rec.TenantColumn != "" && rec.TenantColumn != j.cfg.TenantColumn {
+		return fmt.Errorf("the move of tenant %s was started with --tenant-column %s, not %s: %s", rec.Tenant, rec.TenantColumn, j.cfg.TenantColumn, again)
+	}
+	if len(rec.Tables) > 0 && !slices.Equal(sorted(rec.Tables), sorted(j.plan.TableNames())) {
+		return fmt.Errorf("the move of tenant %s was started with --tables %s, not %s: %s", rec.Tenant, strings.Join(rec.Tables, ","), strings.Join(j.plan.TableNames(), ","), again)
+	}
+	if rec.TargetSchema != "" && rec.TargetSchema != j.cfg.TargetSchema {
+		return fmt.Errorf("the move of tenant %s copies into schema %s, not %s: %s", rec.Tenant, rec.TargetSchema, j.cfg.TargetSchema, again)
+	}
+	if prog == nil && rec.Phase != state.PhasePrepare && rec.Phase != state.PhaseFailed {
+		return fmt.Errorf("the move of tenant %s copies into %s, and %s holds no record of it: %s", rec.Tenant, rec.Target, db.Redact(j.cfg.TargetDSN), again)
+	}
+	return nil
+}
+
+func sorted(s []string) []string {
+	out := slices.Clone(s)
+	slices.Sort(out)
+	return out
+}
+
+// runVerify resumes a copied move just long enough to verify it.
+func (j *Job) runVerify(ctx context.Context, rec *state.Job, prog *state.Progress) error {
+	if rec != nil {
+		switch rec.Phase {
+		case state.PhaseFlipped, state.PhaseDone, state.PhaseCleaned:
+			return fmt.Errorf("tenant %s was promoted (the catalog flipped), so the target is authoritative and the source is fenced: there is no live replica to verify; run `promoted cleanup --source ... --tenant %s` to delete the old rows", rec.Tenant, j.cfg.Tenant)
+		case state.PhaseCancelled:
+			return fmt.Errorf("the move of tenant %s was cancelled, so there is no live replica to verify: start it again with `promoted replicate` or `promoted promote`", rec.Tenant)
+		}
+	}
+	if prog == nil || prog.Phase != state.ProgressCatchup {
+		return fmt.Errorf("no copied move of tenant %s into %s is recorded on the target, so there is nothing to verify: run replicate or promote first", j.cfg.Tenant, db.Redact(j.cfg.TargetDSN))
+	}
+	if prog.TargetSchema != j.cfg.TargetSchema {
+		return fmt.Errorf("the target records this move into schema %q, not %q: pass --target-schema %s", prog.TargetSchema, j.cfg.TargetSchema, prog.TargetSchema)
+	}
+	return j.resume(ctx, j.src, prog)
+}
+
+// restart removes what an interrupted copy or a cancelled move left: the
+// slot and publication on the source; on the target, every object the
+// move created (its foreign keys with them, so a rerun never trips over a
+// key built before the crash), and the tenant's rows in tables that were
+// there before.
 func (j *Job) restart(ctx context.Context, src, dst *pgx.Conn) error {
 	if err := snapshot.Drop(ctx, src, j.names); err != nil {
 		return err
 	}
-	for _, t := range j.plan.Tables {
-		q := fmt.Sprintf("DELETE FROM %s WHERE %s", pgx.Identifier{t.TargetSchema, t.TargetName}.Sanitize(), snapshot.TenantPredicate(t))
-		if _, err := dst.Exec(ctx, "DO $$ BEGIN IF to_regclass("+snapshot.QuoteLiteral(pgx.Identifier{t.TargetSchema, t.TargetName}.Sanitize())+") IS NOT NULL THEN EXECUTE "+snapshot.QuoteLiteral(q)+"; END IF; END $$"); err != nil {
-			return fmt.Errorf("clear %s.%s on the target: %w", t.TargetSchema, t.TargetName, err)
-		}
+	if err := dropCreated(ctx, dst, j.ID, j.plan.Tables, j.log); err != nil {
+		return err
 	}
-	return apply.DeleteProgress(ctx, dst, j.ID)
+	return state.DeleteProgress(ctx, dst, j.ID)
 }
 
 // start prepares the target, creates the publication and slot, copies the
 // snapshot, then streams.
 func (j *Job) start(ctx context.Context, src, dst *pgx.Conn) error {
 	j.setPhase("prepare")
-	if err := j.runDDL(ctx, dst, j.plan.PreLoad()); err != nil {
+	prog := &state.Progress{JobID: j.ID, Tenant: j.plan.Tenant(), SourceSchema: j.cfg.Schema, TargetSchema: j.cfg.TargetSchema,
+		Slot: j.names.Slot, Publication: j.names.Publication, Phase: state.ProgressSnapshot}
+	if err := state.WriteProgress(ctx, dst, prog); err != nil {
 		return err
 	}
-	if err := apply.EnsureProgressTable(ctx, dst); err != nil {
-		return err
-	}
-	prog := &apply.Progress{JobID: j.ID, Tenant: j.cfg.Tenant, SourceSchema: j.cfg.Schema, TargetSchema: j.cfg.TargetSchema,
-		Slot: j.names.Slot, Publication: j.names.Publication, Phase: apply.PhaseSnapshot}
-	if err := apply.WriteProgress(ctx, dst, prog); err != nil {
+	if err := j.preLoad(ctx, dst); err != nil {
 		return err
 	}
 	// From here on a failure drops what was made on the source, so no slot
@@ -286,9 +376,12 @@ func (j *Job) start(ctx context.Context, src, dst *pgx.Conn) error {
 		return err
 	}
 	j.setPhase("snapshot")
+	if err := j.recordPhase(ctx, state.PhaseCopy); err != nil {
+		return err
+	}
 	j.log.Info("slot created", "stage", "snapshot", "slot", slot.Name, "consistent_point", slot.ConsistentPoint.String())
 	prog.ConsistentPoint = slot.ConsistentPoint
-	if err := apply.WriteProgress(ctx, dst, prog); err != nil {
+	if err := state.WriteProgress(ctx, dst, prog); err != nil {
 		return err
 	}
 	copier := snapshot.NewCopier(j.cfg.Copy, j.cfg.SourceDSN, j.cfg.TargetDSN, slot.SnapshotName, j.plan.Tables, j.log.With("stage", "snapshot"))
@@ -322,6 +415,9 @@ func (j *Job) start(ctx context.Context, src, dst *pgx.Conn) error {
 	if err := j.runDDL(ctx, dst, j.plan.PostLoad()); err != nil {
 		return err
 	}
+	if j.Hooks.AfterKeys != nil {
+		j.Hooks.AfterKeys()
+	}
 	// Statistics and a visibility map for the freshly loaded tables: the
 	// tenant's queries get plans at once, and the cutover's counts under
 	// the fence are index-only scans instead of heap walks.
@@ -330,8 +426,8 @@ func (j *Job) start(ctx context.Context, src, dst *pgx.Conn) error {
 			return fmt.Errorf("vacuum %s.%s on the target: %w", t.TargetSchema, t.TargetName, err)
 		}
 	}
-	prog.Phase, prog.Applied, prog.RowsCopied = apply.PhaseCatchup, slot.ConsistentPoint, rows
-	if err := apply.WriteProgress(ctx, dst, prog); err != nil {
+	prog.Phase, prog.Applied, prog.RowsCopied = state.ProgressCatchup, slot.ConsistentPoint, rows
+	if err := state.WriteProgress(ctx, dst, prog); err != nil {
 		return err
 	}
 	ok = true
@@ -340,21 +436,22 @@ func (j *Job) start(ctx context.Context, src, dst *pgx.Conn) error {
 
 // resume continues a job whose copy finished: the slot must still be
 // there, and must not be ahead of the target.
-func (j *Job) resume(ctx context.Context, src *pgx.Conn, prog *apply.Progress) error {
-	state, err := snapshot.ReadSlot(ctx, src, j.names.Slot)
+func (j *Job) resume(ctx context.Context, src *pgx.Conn, prog *state.Progress) error {
+	slot, err := snapshot.ReadSlot(ctx, src, j.names.Slot)
 	if err != nil {
 		return err
 	}
-	if !state.Exists {
-		return fmt.Errorf("the move's replication slot %s is gone from the source, so changes since %s cannot be streamed: run `promoted cancel` and start the move again", j.names.Slot, prog.Applied)
+	again := fmt.Sprintf("run `promoted cancel --source ... --tenant %s --schema %s`, then the same command again: it copies the tenant anew", j.cfg.Tenant, j.cfg.Schema)
+	if !slot.Exists {
+		return fmt.Errorf("the move's replication slot %s is gone from the source, so changes since %s cannot be streamed: %s", j.names.Slot, prog.Applied, again)
 	}
-	if state.WALStatus == "lost" {
-		return fmt.Errorf("the move's replication slot %s lost WAL it needed (max_slot_wal_keep_size): run `promoted cancel` and start the move again", j.names.Slot)
+	if slot.WALStatus == "lost" {
+		return fmt.Errorf("the move's replication slot %s lost WAL it needed (max_slot_wal_keep_size): %s", j.names.Slot, again)
 	}
-	if state.ConfirmedFlush > prog.Applied {
-		return fmt.Errorf("the slot %s was acknowledged up to %s but the target holds changes only up to %s, so changes in between would be lost (was the slot recreated?): run `promoted cancel` and start the move again", j.names.Slot, state.ConfirmedFlush, prog.Applied)
+	if slot.ConfirmedFlush > prog.Applied {
+		return fmt.Errorf("the slot %s was acknowledged up to %s but the target holds changes only up to %s, so changes in between would be lost (was the slot recreated?): %s", j.names.Slot, slot.ConfirmedFlush, prog.Applied, again)
 	}
-	if state.Active {
+	if slot.Active {
 		// A killed daemon's walsender may linger until it notices.
 		if _, err := src.Exec(ctx, `SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots WHERE slot_name = $1`, j.names.Slot); err != nil {
 			return fmt.Errorf("end the slot's old walsender: %w", err)
@@ -385,6 +482,9 @@ func (j *Job) catchup(ctx context.Context, repl *pgconn.PgConn, from promoted.LS
 		return err
 	}
 	fetcher := snapshot.NewFetcher(j.cfg.SourceDSN)
+	if j.FetchWait > 0 {
+		fetcher.Wait = j.FetchWait
+	}
 	defer fetcher.Close(context.Background())
 	sink := apply.NewPostgres(j.cfg.Apply, applyConn, j.ID, from, fetcher, j.cfg.Tenant, j.log.With("stage", "apply"))
 	defer sink.Close(context.Background())
@@ -399,6 +499,11 @@ func (j *Job) catchup(ctx context.Context, repl *pgconn.PgConn, from promoted.LS
 	j.sink, j.stream, j.gate = sink, st, gated
 	j.mu.Unlock()
 	j.setPhase("catchup")
+	if !j.cfg.VerifyOnly {
+		if err := j.recordPhase(ctx, state.PhaseCatchup); err != nil {
+			return err
+		}
+	}
 	if j.Hooks.Streaming != nil {
 		j.Hooks.Streaming()
 	}
@@ -425,6 +530,45 @@ func (j *Job) catchup(ctx context.Context, repl *pgconn.PgConn, from promoted.LS
 	return err
 }
 
+// preLoad runs the plan's pre-load DDL on the target, recording each
+// object it is about to create (and did not find), so a cancel drops
+// exactly what this move made.
+func (j *Job) preLoad(ctx context.Context, dst *pgx.Conn) error {
+	if _, err := dst.Exec(ctx, "SET search_path = "+j.plan.SearchPath()); err != nil {
+		return fmt.Errorf("prepare target: %w", err)
+	}
+	defer dst.Exec(context.Background(), "RESET search_path")
+	created, err := state.CreatedObjects(ctx, dst, j.ID)
+	if err != nil {
+		return err
+	}
+	ours := map[string]bool{}
+	for _, c := range created {
+		ours[c.Name] = true
+	}
+	for _, st := range j.plan.PreLoadSteps() {
+		if st.Table != "" && !ours[st.Table] {
+			continue // a table that was there before the move is not altered
+		}
+		if st.Kind != "" && !ours[st.Name] {
+			found, err := objectExists(ctx, dst, st.Kind, st.Name)
+			if err != nil {
+				return err
+			}
+			if !found {
+				if err := state.RecordCreated(ctx, dst, j.ID, state.Created{Kind: st.Kind, Name: st.Name}); err != nil {
+					return err
+				}
+				ours[st.Name] = true
+			}
+		}
+		if _, err := dst.Exec(ctx, st.SQL); err != nil {
+			return fmt.Errorf("prepare target: %w (statement: %s)", err, st.SQL)
+		}
+	}
+	return nil
+}
+
 func (j *Job) runDDL(ctx context.Context, dst *pgx.Conn, stmts []string) error {
 	if _, err := dst.Exec(ctx, "SET search_path = "+j.plan.SearchPath()); err != nil {
 		return fmt.Errorf("prepare target: %w", err)
@@ -438,7 +582,19 @@ func (j *Job) runDDL(ctx context.Context, dst *pgx.Conn, stmts []string) error {
 	return nil
 }
 
-// reportProgress logs progress and updates gauges until stopped.
+// recordPhase notes the phase in the move's record on the source.
+func (j *Job) recordPhase(ctx context.Context, phase string) error {
+	return state.SetJobPhase(ctx, j.src, j.ID, phase, "", nil)
+}
+
+// StallAfter is how long the apply may make no progress while behind the
+// source before the move says so (a log line each interval, and the
+// promoted_job_apply_stalled_seconds gauge).
+const StallAfter = 30 * time.Second
+
+// reportProgress logs progress and updates gauges until stopped. A
+// catch-up whose applied position stands still while the source moves on
+// is reported as stalled, never printed as ordinary progress.
 func (j *Job) reportProgress(ctx context.Context) func() {
 	ctx, cancel := context.WithCancel(ctx)
 	done := make(chan struct{})
@@ -446,6 +602,8 @@ func (j *Job) reportProgress(ctx context.Context) func() {
 		defer close(done)
 		t := time.NewTicker(j.cfg.ProgressInterval)
 		defer t.Stop()
+		var last promoted.LSN
+		since := time.Now()
 		for {
 			select {
 			case <-ctx.Done():
@@ -456,9 +614,23 @@ func (j *Job) reportProgress(ctx context.Context) func() {
 			case "snapshot":
 				j.log.Info("progress", "stage", "snapshot", "rows_copied", j.RowsCopied())
 			case "catchup":
-				lag := j.Lag()
+				lag, applied := j.Lag(), j.Applied()
 				j.m.lag.Set(float64(lag))
-				j.log.Info("progress", "stage", "catchup", "applied_lsn", j.Applied().String(), "lag_bytes", lag)
+				if applied != last || lag == 0 {
+					last, since = applied, time.Now()
+				}
+				stalled := time.Since(since)
+				if stalled < StallAfter {
+					j.m.stalled.Set(0)
+					j.log.Info("progress", "stage", "catchup", "applied_lsn", applied.String(), "lag_bytes", lag)
+					continue
+				}
+				j.m.stalled.Set(stalled.Seconds())
+				if len(j.verifying) > 0 {
+					j.log.Warn("the apply is paused for a verification", "stage", "catchup", "paused_s", int64(stalled.Seconds()), "lag_bytes", lag)
+				} else {
+					j.log.Warn("the apply has made no progress while the source moves on: the target may be locked or unreachable, and the slot retains WAL meanwhile", "stage", "catchup", "stalled_s", int64(stalled.Seconds()), "applied_lsn", applied.String(), "lag_bytes", lag)
+				}
 			}
 		}
 	}()

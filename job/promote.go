@@ -12,7 +12,9 @@ import (
 	"github.com/promoted/promoted"
 	"github.com/promoted/promoted/apply"
 	"github.com/promoted/promoted/cutover"
+	"github.com/promoted/promoted/db"
 	"github.com/promoted/promoted/snapshot"
+	"github.com/promoted/promoted/state"
 	"github.com/promoted/promoted/stream"
 	"github.com/promoted/promoted/verify"
 )
@@ -39,17 +41,17 @@ type Summary struct {
 // Summary returns the promotion's summary once Run has returned nil.
 func (j *Job) Summary() *Summary { return j.summary }
 
-// catalogConn opens the catalog database (the source by default).
-func (j *Job) catalog(ctx context.Context) (*cutover.Catalog, error) {
+// catalog opens the catalog database (the source by default).
+func (j *Job) catalog(ctx context.Context) (*state.Catalog, error) {
 	dsn := j.cfg.Cutover.CatalogDSN
 	if dsn == "" {
 		dsn = j.cfg.SourceDSN
 	}
-	conn, err := connect(ctx, dsn, "catalog", "promoted")
+	conn, err := db.Open(ctx, db.Catalog, dsn, "promoted")
 	if err != nil {
 		return nil, err
 	}
-	return &cutover.Catalog{Conn: conn, FlipSQL: j.cfg.Cutover.FlipSQL}, nil
+	return &state.Catalog{Conn: conn, DSN: dsn, FlipSQL: j.cfg.Cutover.FlipSQL}, nil
 }
 
 // preparePromote settles what an earlier, interrupted run left (a flip
@@ -62,10 +64,12 @@ func (j *Job) preparePromote(ctx context.Context, src *pgx.Conn) (bool, error) {
 		return false, err
 	}
 	defer cat.Conn.Close(context.Background())
-	tenant := tenantOf(j.plan.Tables, j.cfg.Tenant)
-	if j.entry, err = cat.Prepare(ctx, tenant, Redact(j.cfg.SourceDSN), j.cfg.Schema); err != nil {
+	tenant := j.plan.Tenant()
+	if j.entry, err = cat.Prepare(ctx, tenant, db.Redact(j.cfg.SourceDSN), j.cfg.Schema); err != nil {
 		return false, err
 	}
+	// Flipped waits for a flip transaction still in flight, so an
+	// earlier run's flip is never taken for one that did not happen.
 	flipped, version, err := cat.Flipped(ctx, j.ID)
 	if err != nil {
 		return false, err
@@ -75,22 +79,19 @@ func (j *Job) preparePromote(ctx context.Context, src *pgx.Conn) (bool, error) {
 		j.summary = &Summary{AlreadyFlipped: true, Version: version}
 		return true, j.finish(ctx)
 	}
-	armed, err := cutover.Armed(ctx, src, j.cfg.Schema, tenant, j.ID)
+	armed, _, err := state.FenceArmed(ctx, src, j.ID)
 	if err != nil {
 		return false, err
 	}
 	if armed {
 		// The catalog did not flip, so the source is still authoritative:
 		// let the tenant write again before anything else.
-		if err := cutover.Disarm(ctx, src, j.cfg.Schema, tenant, j.ID); err != nil {
+		if err := state.DisarmFence(ctx, src, j.cfg.Schema, tenant, j.ID); err != nil {
 			return false, err
 		}
 		j.log.Warn("an earlier run stopped during the cutover before the flip: fence disarmed, the source stays authoritative", "stage", "cutover")
 	}
-	if err := recordJob(ctx, src, &j.cfg, j.ID, "promote", "prepare"); err != nil {
-		return false, err
-	}
-	if err := cutover.InstallFence(ctx, src, j.plan.Tables); err != nil {
+	if err := cutover.InstallFence(ctx, src, j.cfg.Schema, j.plan.Tables); err != nil {
 		return false, err
 	}
 	return false, nil
@@ -102,7 +103,7 @@ func (j *Job) cutover(ctx context.Context, st *stream.Stream, sink *apply.Postgr
 	if j.Hooks.BeforeCutover != nil {
 		j.Hooks.BeforeCutover(ctx)
 	}
-	src, err := connect(ctx, j.cfg.SourceDSN, "source", "promoted-cutover")
+	src, err := db.Open(ctx, db.Source, j.cfg.SourceDSN, "promoted-cutover")
 	if err != nil {
 		return err
 	}
@@ -110,7 +111,9 @@ func (j *Job) cutover(ctx context.Context, st *stream.Stream, sink *apply.Postgr
 	var check func(context.Context, *pgx.Conn, *pgx.Conn) (*verify.Result, error)
 	if !j.cfg.Cutover.SkipVerify {
 		if check, err = j.preVerify(ctx, sink); err != nil {
-			setJobPhase(context.Background(), src, j.ID, PhaseFailed, err.Error(), nil)
+			if perr := state.SetJobPhase(context.Background(), src, j.ID, state.PhaseFailed, err.Error(), nil); perr != nil {
+				j.log.Error("record the failed verification", "err", perr)
+			}
 			return fmt.Errorf("cutover: %w", err)
 		}
 	}
@@ -118,7 +121,7 @@ func (j *Job) cutover(ctx context.Context, st *stream.Stream, sink *apply.Postgr
 	if err != nil {
 		return err
 	}
-	dst, err := connect(ctx, j.cfg.TargetDSN, "target", "promoted-cutover")
+	dst, err := db.Open(ctx, db.Target, j.cfg.TargetDSN, "promoted-cutover")
 	if err != nil {
 		return err
 	}
@@ -128,23 +131,23 @@ func (j *Job) cutover(ctx context.Context, st *stream.Stream, sink *apply.Postgr
 		return err
 	}
 	defer cat.Conn.Close(context.Background())
-	if err := setJobPhase(ctx, src, j.ID, PhaseArmed, "", nil); err != nil {
+	if err := state.SetJobPhase(ctx, src, j.ID, state.PhaseArmed, "", nil); err != nil {
 		return err
 	}
 	j.setPhase("cutover")
 	c := cutover.New(j.cfg.Cutover, src, dst, cat, j.cfg.Tenant, j.log.With("stage", "cutover"))
 	c.Hooks = j.Hooks.Cutover
 	c.Check = check
-	sum, err := c.Run(ctx, cutover.Move{JobID: j.ID, Tenant: tenantOf(j.plan.Tables, j.cfg.Tenant), Schema: j.cfg.Schema,
+	sum, err := c.Run(ctx, cutover.Move{JobID: j.ID, Tenant: j.plan.Tenant(), Schema: j.cfg.Schema,
 		TargetSchema: j.cfg.TargetSchema, Tables: j.plan.Tables, Sequences: j.plan.Sequences, Entry: j.entry}, sink, lag)
 	if err != nil {
-		if perr := setJobPhase(context.Background(), src, j.ID, PhaseFailed, err.Error(), nil); perr != nil {
+		if perr := state.SetJobPhase(context.Background(), src, j.ID, state.PhaseFailed, err.Error(), nil); perr != nil {
 			j.log.Error("record failed cutover", "err", perr)
 		}
 		return fmt.Errorf("cutover: %w", err)
 	}
 	blocked := sum.Blocked.Milliseconds()
-	if err := setJobPhase(ctx, src, j.ID, "flipped", "", &blocked); err != nil {
+	if err := state.SetJobPhase(ctx, src, j.ID, state.PhaseFlipped, "", &blocked); err != nil {
 		j.log.Error("record flip (the catalog has flipped)", "err", err)
 	}
 	sum.PreVerify = j.preVerified
@@ -163,7 +166,7 @@ func (j *Job) cutover(ctx context.Context, st *stream.Stream, sink *apply.Postgr
 // repeat there (a tenant of any size then cuts over in about the same
 // time).
 func (j *Job) preVerify(ctx context.Context, sink *apply.Postgres) (func(context.Context, *pgx.Conn, *pgx.Conn) (*verify.Result, error), error) {
-	pre, err := j.verifyAt(ctx, true)
+	pre, err := j.verifyTurn(ctx, true)
 	if err != nil {
 		return nil, err
 	}
@@ -244,17 +247,9 @@ func (j *Job) finish(ctx context.Context) error {
 	if err := snapshot.Drop(ctx, j.src, j.names); err != nil {
 		return fmt.Errorf("the catalog has flipped, but dropping the slot failed (rerun promote or cleanup to finish): %w", err)
 	}
-	if err := setJobPhase(ctx, j.src, j.ID, PhaseDone, "flipped", nil); err != nil {
+	if err := state.SetJobPhase(ctx, j.src, j.ID, state.PhaseDone, "flipped", nil); err != nil {
 		return err
 	}
-	j.setPhase(PhaseDone)
+	j.setPhase(state.PhaseDone)
 	return nil
-}
-
-// tenantOf is the tenant literal the fence and catalog use.
-func tenantOf(tables []*promoted.Table, fallback string) string {
-	if len(tables) > 0 && tables[0].TenantLiteral != "" {
-		return tables[0].TenantLiteral
-	}
-	return fallback
 }

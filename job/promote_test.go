@@ -15,9 +15,12 @@ import (
 )
 
 // promotion is one promote run under routed load, with the times of its
-// irreversible steps as the test saw them.
+// irreversible steps as the test saw them. promoted runs as the mover and
+// the writers as the application role; srcDSN and dstDSN are the
+// superuser's, for the test's own checks.
 type promotion struct {
 	srcDSN, dstDSN, dstSchema string
+	src, dst                  testenv.TenantDB
 	job                       *Job
 	router                    *testenv.Router
 	armedAt, flippedAt        time.Time
@@ -28,21 +31,20 @@ type promotion struct {
 // rows under the fence, the first compares everything again.
 func newPromotion(t *testing.T, second bool) *promotion {
 	t.Helper()
-	ctx := context.Background()
-	p := &promotion{srcDSN: src.NewDB(t)}
-	seed(t, ctx, p.srcDSN, 300)
-	p.dstDSN, p.dstSchema = p.srcDSN, "tenant_1"
+	p := &promotion{src: src.NewSaaS(t, 60, 5)}
+	p.dst, p.dstSchema = p.src, "tenant_1"
 	if second {
-		p.dstDSN, p.dstSchema = dst.NewDB(t), "public"
+		p.dst, p.dstSchema = dst.NewTenantDB(t), "public"
 	}
-	p.router = &testenv.Router{CatalogDSN: p.srcDSN, Default: p.srcDSN, DSN: func(loc string) string {
-		if loc == Redact(p.dstDSN) {
-			return p.dstDSN
+	p.srcDSN, p.dstDSN = p.src.Admin, p.dst.Admin
+	p.router = &testenv.Router{CatalogDSN: p.src.App, Default: p.src.App, DSN: func(loc string) string {
+		if loc == Redact(p.dst.Mover) {
+			return p.dst.App
 		}
-		return p.srcDSN
+		return p.src.App
 	}}
 	t.Cleanup(p.router.Close)
-	j, err := New(Config{SourceDSN: p.srcDSN, TargetDSN: p.dstDSN, Tenant: "1", TargetSchema: p.dstSchema, Tables: movedTables,
+	j, err := New(Config{SourceDSN: p.src.Mover, TargetDSN: p.dst.Mover, Tenant: "1", TargetSchema: p.dstSchema, Tables: movedTables,
 		Promote: true, Cutover: cutover.Config{Timeout: 5 * time.Second, FenceCheck: map[bool]string{false: cutover.CheckFull, true: cutover.CheckChanged}[second]}}, testLogger(t))
 	if err != nil {
 		t.Fatal(err)
@@ -66,7 +68,7 @@ func TestPromoteUnderLoad(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			ctx := context.Background()
 			p := newPromotion(t, tc.second)
-			stop, err := testenv.LoadRouted(ctx, p.srcDSN, []int{1, 2, 3}, 2, p.router)
+			stop, err := testenv.LoadRouted(ctx, p.src.App, []int{1, 2, 3}, 2, p.router)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -102,7 +104,8 @@ func TestPromoteUnderLoad(t *testing.T) {
 			checkCatalogAndSource(t, ctx, p, 2)
 			// Sequences: a default id at the new location never collides
 			// with a copied one.
-			mustExec(t, ctx, p.dstDSN, fmt.Sprintf(`INSERT INTO %s (tenant_id, email) SELECT 1, 'after-flip-' || g FROM generate_series(1, 50) g`,
+			// The application's role writes there: the grants came along.
+			mustExec(t, ctx, p.dst.App, fmt.Sprintf(`INSERT INTO %s (tenant_id, email) SELECT 1, 'after-flip-' || g FROM generate_series(1, 50) g`,
 				pgx.Identifier{p.dstSchema, "customers"}.Sanitize()))
 		})
 	}
@@ -172,21 +175,23 @@ func checkCatalogAndSource(t *testing.T, ctx context.Context, p *promotion, vers
 	if err := s.QueryRow(ctx, `SELECT location, schema_name, version FROM promoted.tenant_catalog WHERE tenant_id = '1'`).Scan(&loc, &schema, &v); err != nil {
 		t.Fatal(err)
 	}
-	if loc != Redact(p.dstDSN) || schema != p.dstSchema || v != version {
-		t.Errorf("catalog: %s %s v%d, want %s %s v%d", loc, schema, v, Redact(p.dstDSN), p.dstSchema, version)
+	if loc != Redact(p.dst.Mover) || schema != p.dstSchema || v != version {
+		t.Errorf("catalog: %s %s v%d, want %s %s v%d", loc, schema, v, Redact(p.dst.Mover), p.dstSchema, version)
 	}
 	var leftovers int
-	if err := s.QueryRow(ctx, `SELECT (SELECT count(*) FROM pg_replication_slots) + (SELECT count(*) FROM pg_publication)`).Scan(&leftovers); err != nil {
+	if err := s.QueryRow(ctx, `SELECT (SELECT count(*) FROM pg_replication_slots WHERE database = current_database()) + (SELECT count(*) FROM pg_publication)`).Scan(&leftovers); err != nil {
 		t.Fatal(err)
 	}
 	if leftovers != 0 {
 		t.Errorf("%d slots or publications left after the flip", leftovers)
 	}
-	_, err := s.Exec(ctx, `INSERT INTO events (tenant_id, kind) VALUES (1, 'stray')`)
+	app := connectPinned(t, ctx, p.src.App)
+	defer app.Close(ctx)
+	_, err := app.Exec(ctx, `INSERT INTO events (tenant_id, kind) VALUES (1, 'stray')`)
 	if err == nil || !strings.Contains(err.Error(), "PM001") {
 		t.Errorf("a stray write to the old location: %v, want SQLSTATE PM001", err)
 	}
-	if _, err := s.Exec(ctx, `INSERT INTO events (tenant_id, kind) VALUES (2, 'neighbour')`); err != nil {
+	if _, err := app.Exec(ctx, `INSERT INTO events (tenant_id, kind) VALUES (2, 'neighbour')`); err != nil {
 		t.Errorf("another tenant's write failed: %v", err)
 	}
 }
@@ -224,53 +229,77 @@ func TestCutoverTimeoutDisarms(t *testing.T) {
 	if fences != 0 || version != 1 {
 		t.Errorf("after a timed-out cutover: %d fences armed, catalog version %d; want 0 and 1", fences, version)
 	}
-	if _, err := s.Exec(ctx, `INSERT INTO events (tenant_id, kind) VALUES (1, 'after timeout')`); err != nil {
+	app := connectPinned(t, ctx, p.src.App)
+	defer app.Close(ctx)
+	if _, err := app.Exec(ctx, `INSERT INTO events (tenant_id, kind) VALUES (1, 'after timeout')`); err != nil {
 		t.Errorf("the tenant cannot write to the source after the cutover gave up: %v", err)
 	}
 }
 
-// TestRepeatableReadCannotSlipPastTheFence opens a REPEATABLE READ
-// transaction before the fence and writes the tenant's row after it was
-// armed: the write must be in the target or have failed, never
-// acknowledged and missing (hazards.md 9.1).
-func TestRepeatableReadCannotSlipPastTheFence(t *testing.T) {
-	ctx := context.Background()
-	p := newPromotion(t, true)
-	rr := connectPinned(t, ctx, p.srcDSN)
-	defer rr.Close(ctx)
-	if _, err := rr.Exec(ctx, `BEGIN ISOLATION LEVEL REPEATABLE READ; SELECT count(*) FROM customers`); err != nil {
-		t.Fatal(err)
-	}
-	var wrote error
-	done := make(chan struct{})
-	p.job.Hooks.Cutover.AfterArm = func() {
-		go func() {
-			defer close(done)
-			time.Sleep(50 * time.Millisecond)
-			_, wrote = rr.Exec(ctx, `UPDATE customers SET name = 'written by an old snapshot' WHERE tenant_id = 1 AND id = (SELECT min(id) FROM customers WHERE tenant_id = 1)`)
-			if wrote == nil {
-				_, wrote = rr.Exec(ctx, `COMMIT`)
-			} else {
-				rr.Exec(ctx, `ROLLBACK`)
+// TestOldTransactionsCannotSlipPastTheFence opens, as the application's
+// role, a REPEATABLE READ transaction before the fence and writes the
+// tenant's row a second after it was armed, long after an unguarded
+// cutover would have flipped; in a second case the transaction is also
+// PREPAREd after the arm and committed a second later. The barrier must
+// see the application's transactions with the mover's privileges only
+// (pg_stat_activity hides them), so the write commits before the flip and
+// is in the target (hazards.md 9.1, 14).
+func TestOldTransactionsCannotSlipPastTheFence(t *testing.T) {
+	for _, prepared := range []bool{false, true} {
+		t.Run(map[bool]string{false: "repeatable_read", true: "prepared"}[prepared], func(t *testing.T) {
+			ctx := context.Background()
+			p := newPromotion(t, true)
+			rr := connectPinned(t, ctx, p.src.App)
+			defer rr.Close(ctx)
+			if _, err := rr.Exec(ctx, `BEGIN ISOLATION LEVEL REPEATABLE READ; SELECT count(*) FROM customers`); err != nil {
+				t.Fatal(err)
 			}
-		}()
-	}
-	if err := p.job.Run(ctx); err != nil {
-		t.Fatalf("promote: %v", err)
-	}
-	<-done
-	d := connectPinned(t, ctx, p.dstDSN)
-	defer d.Close(ctx)
-	var n int
-	if err := d.QueryRow(ctx, `SELECT count(*) FROM public.customers WHERE name = 'written by an old snapshot'`).Scan(&n); err != nil {
-		t.Fatal(err)
-	}
-	t.Logf("the old snapshot's write: err=%v, in target: %d", wrote, n)
-	if wrote == nil && n != 1 {
-		t.Fatal("a write acknowledged on the source after the fence is missing from the target")
-	}
-	if wrote != nil && !strings.Contains(wrote.Error(), "PM001") {
-		t.Fatalf("the old snapshot's write failed with %v, want PM001 or success", wrote)
+			var wrote error
+			var committedAt time.Time
+			done := make(chan struct{})
+			p.job.Hooks.Cutover.AfterArm = func() {
+				go func() {
+					defer close(done)
+					if prepared {
+						_, wrote = rr.Exec(ctx, `UPDATE customers SET name = 'written by an old snapshot' WHERE tenant_id = 1 AND id = (SELECT min(id) FROM customers WHERE tenant_id = 1);
+						    PREPARE TRANSACTION 'promoted_test_old'`)
+						time.Sleep(time.Second)
+						if wrote == nil {
+							_, wrote = rr.Exec(ctx, `COMMIT PREPARED 'promoted_test_old'`)
+						}
+					} else {
+						time.Sleep(time.Second)
+						_, wrote = rr.Exec(ctx, `UPDATE customers SET name = 'written by an old snapshot' WHERE tenant_id = 1 AND id = (SELECT min(id) FROM customers WHERE tenant_id = 1)`)
+						if wrote == nil {
+							_, wrote = rr.Exec(ctx, `COMMIT`)
+						}
+					}
+					committedAt = time.Now()
+					if wrote != nil {
+						rr.Exec(ctx, `ROLLBACK`)
+					}
+				}()
+			}
+			if err := p.job.Run(ctx); err != nil {
+				t.Fatalf("promote: %v", err)
+			}
+			<-done
+			if wrote != nil {
+				t.Fatalf("the old transaction's write failed: %v (the fence must not fail a transaction that began before it, and must never fail with anything but PM001)", wrote)
+			}
+			if !p.flippedAt.After(committedAt) {
+				t.Errorf("the catalog flipped at %s, before the old transaction committed at %s: the barrier did not wait for it", p.flippedAt.Format(time.StampMicro), committedAt.Format(time.StampMicro))
+			}
+			d := connectPinned(t, ctx, p.dstDSN)
+			defer d.Close(ctx)
+			var n int
+			if err := d.QueryRow(ctx, `SELECT count(*) FROM public.customers WHERE name = 'written by an old snapshot'`).Scan(&n); err != nil {
+				t.Fatal(err)
+			}
+			if n != 1 {
+				t.Fatal("a write acknowledged on the source after the fence is missing from the target")
+			}
+		})
 	}
 }
 
@@ -284,7 +313,7 @@ func TestSecondPromoteRefused(t *testing.T) {
 	done := make(chan error, 1)
 	go func() { done <- p.job.Run(jctx) }()
 	waitFor(t, 30*time.Second, "snapshot", func() bool { return p.job.Phase() == "snapshot" })
-	second, err := New(Config{SourceDSN: p.srcDSN, TargetDSN: p.dstDSN, Tenant: "1", Tables: movedTables, Promote: true,
+	second, err := New(Config{SourceDSN: p.src.Mover, TargetDSN: p.dst.Mover, Tenant: "1", Tables: movedTables, Promote: true,
 		Cutover: cutover.Config{Timeout: 5 * time.Second}}, testLogger(t))
 	if err != nil {
 		t.Fatal(err)
@@ -372,7 +401,7 @@ func TestVerifyLive(t *testing.T) {
 func TestFlipSQLAndNotify(t *testing.T) {
 	ctx := context.Background()
 	p := newPromotion(t, true)
-	mustExec(t, ctx, p.srcDSN, `CREATE TABLE routing (tenant text PRIMARY KEY, db text, schema_name text); INSERT INTO routing VALUES ('1', 'pooled', 'public')`)
+	mustExec(t, ctx, p.src.Owner, `CREATE TABLE routing (tenant text PRIMARY KEY, db text, schema_name text); INSERT INTO routing VALUES ('1', 'pooled', 'public')`)
 	p.job.cfg.Cutover.FlipSQL = `UPDATE routing SET db = $2, schema_name = $3 WHERE tenant = $1`
 	p.job.cfg.Cutover.Location = "tenant1-db"
 	listen := connectPinned(t, ctx, p.srcDSN)

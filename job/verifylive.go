@@ -11,6 +11,7 @@ import (
 
 	"github.com/promoted/promoted"
 	"github.com/promoted/promoted/apply"
+	"github.com/promoted/promoted/db"
 	"github.com/promoted/promoted/snapshot"
 	"github.com/promoted/promoted/verify"
 )
@@ -112,17 +113,41 @@ func (g *gate) resume() {
 	g.at, g.updated, g.reached, g.release = 0, nil, nil, nil
 }
 
+// ErrVerifyBusy is returned by VerifyLive while another verification of
+// the move runs: verifications hold the apply at one point each, so they
+// take turns.
+var ErrVerifyBusy = errors.New("a verification of this move is already running: wait for it to finish, then ask again")
+
 // VerifyLive compares the target with the source at one consistent point
 // while the move streams, without blocking the tenant's writes: a
 // temporary slot exports a source snapshot at its consistent point, the
 // apply pauses exactly there, both sides are compared, and the apply
-// resumes. It needs the catch-up to be running.
+// resumes. It needs the catch-up to be running, and refuses with
+// ErrVerifyBusy while another verification runs.
 func (j *Job) VerifyLive(ctx context.Context) (*verify.Result, error) {
+	select {
+	case j.verifying <- struct{}{}:
+	default:
+		return nil, ErrVerifyBusy
+	}
+	defer func() { <-j.verifying }()
 	return j.verifyAt(ctx, false)
 }
 
-// verifyAt is VerifyLive; with track, the sink records every row it
-// changes after the verified point, for the cutover's re-check.
+// verifyTurn waits for any other verification to end, then runs verifyAt.
+func (j *Job) verifyTurn(ctx context.Context, track bool) (*verify.Result, error) {
+	select {
+	case j.verifying <- struct{}{}:
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+	defer func() { <-j.verifying }()
+	return j.verifyAt(ctx, track)
+}
+
+// verifyAt is VerifyLive without taking turns; with track, the sink
+// records every row it changes after the verified point, for the
+// cutover's re-check.
 func (j *Job) verifyAt(ctx context.Context, track bool) (*verify.Result, error) {
 	j.mu.Lock()
 	g := j.gate
@@ -141,7 +166,7 @@ func (j *Job) verifyAt(ctx context.Context, track bool) (*verify.Result, error) 
 	if err != nil {
 		return nil, err
 	}
-	src, err := connect(ctx, j.cfg.SourceDSN, "source", "promoted-verify")
+	src, err := db.Open(ctx, db.Source, j.cfg.SourceDSN, "promoted-verify")
 	if err != nil {
 		return nil, err
 	}
@@ -156,10 +181,10 @@ func (j *Job) verifyAt(ctx context.Context, track bool) (*verify.Result, error) 
 		return nil, fmt.Errorf("verify: %w", err)
 	}
 	defer tx.Rollback(context.Background())
-	if _, err := tx.Exec(ctx, "SET TRANSACTION SNAPSHOT "+snapshot.QuoteLiteral(slot.SnapshotName)); err != nil {
+	if _, err := tx.Exec(ctx, "SET TRANSACTION SNAPSHOT "+promoted.QuoteLiteral(slot.SnapshotName)); err != nil {
 		return nil, fmt.Errorf("verify: import snapshot: %w", err)
 	}
-	dst, err := connect(ctx, j.cfg.TargetDSN, "target", "promoted-verify")
+	dst, err := db.Open(ctx, db.Target, j.cfg.TargetDSN, "promoted-verify")
 	if err != nil {
 		return nil, err
 	}
@@ -190,7 +215,7 @@ var errVerified = errors.New("verified")
 // verifyOnce runs one live verification as soon as the catch-up streams,
 // for `promoted verify`, then stops the stream.
 func (j *Job) verifyOnce(ctx context.Context) error {
-	res, err := j.VerifyLive(ctx)
+	res, err := j.verifyTurn(ctx, false)
 	if err != nil {
 		return err
 	}

@@ -5,7 +5,29 @@ import (
 	"strings"
 
 	"github.com/jackc/pgx/v5"
+
+	"github.com/promoted/promoted"
 )
+
+// Object kinds a pre-load statement creates.
+const (
+	ObjSchema   = "schema"
+	ObjType     = "type"
+	ObjSequence = "sequence"
+	ObjTable    = "table"
+)
+
+// Step is one pre-load statement and the object it creates, if any (Kind
+// and the quoted, qualified Name), so the move can record what it made and
+// a cancel can drop exactly that, never a table that held other tenants'
+// rows before.
+type Step struct {
+	SQL        string
+	Kind, Name string
+	// Table, when set, names the table the statement alters: it is
+	// skipped when that table was on the target before the move.
+	Table string
+}
 
 // PreLoad is the DDL that must run on the target before the snapshot is
 // copied: the schema, its types and sequences, and the tables with their
@@ -13,17 +35,29 @@ import (
 // are cheaper to build once after the load. Every statement may run again
 // after a crash. Run it with search_path set to SearchPath().
 func (p *Plan) PreLoad() []string {
-	out := []string{"CREATE SCHEMA IF NOT EXISTS " + pgx.Identifier{p.cfg.TargetSchema}.Sanitize()}
+	steps := p.PreLoadSteps()
+	out := make([]string, len(steps))
+	for i, s := range steps {
+		out[i] = s.SQL
+	}
+	return out
+}
+
+// PreLoadSteps is PreLoad with the object each statement creates.
+func (p *Plan) PreLoadSteps() []Step {
+	schema := pgx.Identifier{p.cfg.TargetSchema}.Sanitize()
+	out := []Step{{SQL: "CREATE SCHEMA IF NOT EXISTS " + schema, Kind: ObjSchema, Name: schema}}
 	for _, ty := range p.Types {
 		if ty.DDL != "" {
-			out = append(out, ty.DDL)
+			out = append(out, Step{SQL: ty.DDL, Kind: ObjType, Name: pgx.Identifier{p.cfg.TargetSchema, ty.Name}.Sanitize()})
 		}
 	}
 	for _, s := range p.seqs {
 		if s.identity || s.schema != p.cfg.Schema {
 			continue
 		}
-		out = append(out, "CREATE SEQUENCE IF NOT EXISTS "+pgx.Identifier{p.cfg.TargetSchema, s.name}.Sanitize()+" "+s.options())
+		name := pgx.Identifier{p.cfg.TargetSchema, s.name}.Sanitize()
+		out = append(out, Step{SQL: "CREATE SEQUENCE IF NOT EXISTS " + name + " " + s.options(), Kind: ObjSequence, Name: name})
 	}
 	for _, t := range p.Tables {
 		d := p.defs[t]
@@ -31,14 +65,16 @@ func (p *Plan) PreLoad() []string {
 		for _, c := range d.checks {
 			parts = append(parts, "CONSTRAINT "+pgx.Identifier{c.name}.Sanitize()+" "+c.def)
 		}
-		out = append(out, "CREATE TABLE IF NOT EXISTS "+pgx.Identifier{t.TargetSchema, t.TargetName}.Sanitize()+" (\n    "+strings.Join(parts, ",\n    ")+"\n)")
+		name := pgx.Identifier{t.TargetSchema, t.TargetName}.Sanitize()
+		out = append(out, Step{SQL: "CREATE TABLE IF NOT EXISTS " + name + " (\n    " + strings.Join(parts, ",\n    ") + "\n)", Kind: ObjTable, Name: name})
 	}
 	for _, s := range p.seqs {
-		if s.identity || !s.owned || s.schema != p.cfg.Schema {
+		if s.identity || !s.owned || s.schema != p.cfg.Schema || s.table == nil {
 			continue
 		}
-		out = append(out, fmt.Sprintf("ALTER SEQUENCE %s OWNED BY %s.%s", pgx.Identifier{p.cfg.TargetSchema, s.name}.Sanitize(),
-			pgx.Identifier{s.table.TargetSchema, s.table.TargetName}.Sanitize(), pgx.Identifier{s.column}.Sanitize()))
+		table := pgx.Identifier{s.table.TargetSchema, s.table.TargetName}.Sanitize()
+		out = append(out, Step{SQL: fmt.Sprintf("ALTER SEQUENCE %s OWNED BY %s.%s", pgx.Identifier{p.cfg.TargetSchema, s.name}.Sanitize(),
+			table, pgx.Identifier{s.column}.Sanitize()), Table: table})
 	}
 	return out
 }
@@ -69,14 +105,59 @@ func (p *Plan) PostLoad() []string {
 			}
 		}
 	}
-	return append(out, fks...)
+	out = append(out, fks...)
+	return append(out, p.grants()...)
+}
+
+// grants give the target's schema, tables and sequences the privileges
+// the source's have, so the application's roles can use them after the
+// flip (the mover owns what it created). A grantee missing on the target
+// is skipped: the DO block checks for it there.
+func (p *Plan) grants() []string {
+	var out []string
+	add := func(kind, object string, gs []grant) {
+		for _, g := range gs {
+			stmt := "GRANT " + g.privileges + " ON " + kind + " " + object + " TO "
+			if g.grantee == "PUBLIC" {
+				out = append(out, stmt+"PUBLIC")
+				continue
+			}
+			out = append(out, "DO "+promoted.DollarQuote(" BEGIN IF EXISTS (SELECT 1 FROM pg_roles WHERE rolname = "+promoted.QuoteLiteral(g.grantee)+") THEN "+
+				stmt+pgx.Identifier{g.grantee}.Sanitize()+"; END IF; END "))
+		}
+	}
+	if p.cfg.TargetSchema != p.cfg.Schema || !p.cfg.SameDatabase {
+		add("SCHEMA", pgx.Identifier{p.cfg.TargetSchema}.Sanitize(), p.schemaGrants)
+	}
+	for _, t := range p.Tables {
+		add("TABLE", pgx.Identifier{t.TargetSchema, t.TargetName}.Sanitize(), p.defs[t].grants)
+	}
+	for _, s := range p.seqs {
+		if s.schema != p.cfg.Schema {
+			continue
+		}
+		add("SEQUENCE", pgx.Identifier{p.cfg.TargetSchema, s.name}.Sanitize(), s.grants)
+	}
+	return out
 }
 
 // foreignKeyNotes says in Notes what the plan does with keys to tables
 // that are not moved.
 func (p *Plan) foreignKeyNotes() {
+	byOID := map[uint32]*promoted.Table{}
+	for _, t := range p.Tables {
+		byOID[p.defs[t].oid] = t
+	}
+	p.Children = map[*promoted.Table][]*promoted.Table{}
 	for _, t := range p.Tables {
 		for _, fk := range p.defs[t].fks {
+			if parent := byOID[fk.ref]; fk.internal && parent != nil && parent != t {
+				p.Children[parent] = append(p.Children[parent], t)
+				if !fk.indexed {
+					p.Notes = append(p.Notes, fmt.Sprintf("foreign key %s of %s has no index on (%s): every row `promoted cleanup` deletes from %s scans %s, so cleanup deletes %s's rows first and VACUUMs it before; CREATE INDEX CONCURRENTLY ON %s (%s) makes it fast",
+						fk.name, t, fk.columns, parent, t, t, pgx.Identifier{t.Schema, t.Name}.Sanitize(), fk.columns))
+				}
+			}
 			if fk.internal {
 				continue
 			}

@@ -2,6 +2,7 @@ package schema
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"slices"
 
@@ -27,6 +28,8 @@ type tableDef struct {
 	indexes []string
 	// fks are foreign keys, added last.
 	fks []foreignKey
+	// grants are the table's privileges, by grantee (PUBLIC or a role).
+	grants []grant
 	// identity columns: column name to identity sequence options.
 	identity map[string]string
 }
@@ -43,6 +46,11 @@ type foreignKey struct {
 	// internal is true when the referenced table is moved too.
 	internal   bool
 	references string
+	ref        uint32
+	// indexed is true when an index of the referencing table leads with
+	// the key's columns, so deleting a referenced row does not scan it.
+	indexed bool
+	columns string
 }
 
 // readDefinition reads a table's columns, defaults, constraints and indexes
@@ -111,7 +119,12 @@ func (p *Plan) readDefinition(ctx context.Context, tx pgx.Tx, t *promoted.Table)
 		moved[p.defs[o].oid] = true
 	}
 	rows, err = tx.Query(ctx, `SELECT c.conname, c.contype::text, pg_get_constraintdef(c.oid, true), c.confrelid,
-	       CASE WHEN c.contype = 'f' THEN quote_ident(rn.nspname) || '.' || quote_ident(r.relname) END
+	       CASE WHEN c.contype = 'f' THEN quote_ident(rn.nspname) || '.' || quote_ident(r.relname) END,
+	       c.contype <> 'f' OR EXISTS (SELECT 1 FROM pg_index i WHERE i.indrelid = c.conrelid
+	           AND (SELECT array_agg(k ORDER BY k) FROM unnest((i.indkey::int2[])[0:cardinality(c.conkey) - 1]) k)
+	             = (SELECT array_agg(k ORDER BY k) FROM unnest(c.conkey) k)),
+	       coalesce((SELECT string_agg(quote_ident(a.attname), ', ' ORDER BY k.n) FROM unnest(c.conkey) WITH ORDINALITY k(attnum, n)
+	           JOIN pg_attribute a ON a.attrelid = c.conrelid AND a.attnum = k.attnum), '')
 	  FROM pg_constraint c
 	  LEFT JOIN pg_class r ON r.oid = c.confrelid
 	  LEFT JOIN pg_namespace rn ON rn.oid = r.relnamespace
@@ -120,10 +133,11 @@ func (p *Plan) readDefinition(ctx context.Context, tx pgx.Tx, t *promoted.Table)
 	if err != nil {
 		return fmt.Errorf("plan %s: constraints: %w", t, err)
 	}
-	var name, kind, def string
+	var name, kind, def, fkCols string
 	var ref uint32
 	var refName *string
-	_, err = pgx.ForEachRow(rows, []any{&name, &kind, &def, &ref, &refName}, func() error {
+	var indexed bool
+	_, err = pgx.ForEachRow(rows, []any{&name, &kind, &def, &ref, &refName, &indexed, &fkCols}, func() error {
 		c := constraint{name: name, def: def}
 		switch kind {
 		case "c":
@@ -131,7 +145,7 @@ func (p *Plan) readDefinition(ctx context.Context, tx pgx.Tx, t *promoted.Table)
 		case "p", "u", "x":
 			d.keys = append(d.keys, c)
 		case "f":
-			fk := foreignKey{constraint: c, internal: moved[ref]}
+			fk := foreignKey{constraint: c, internal: moved[ref], ref: ref, indexed: indexed, columns: fkCols}
 			if refName != nil {
 				fk.references = *refName
 			}
@@ -176,6 +190,46 @@ func (p *Plan) readDefinition(ctx context.Context, tx pgx.Tx, t *promoted.Table)
 	return nil
 }
 
+// grant is one grantee's privileges on an object.
+type grant struct{ grantee, privileges string }
+
+// grantsSQL reads an ACL's privileges by grantee, leaving out the owner's
+// own: the target's owner is the mover.
+const grantsSQL = `SELECT coalesce(r.rolname, 'PUBLIC'), string_agg(a.privilege_type, ', ' ORDER BY a.privilege_type)
+  FROM aclexplode($1::aclitem[]) a LEFT JOIN pg_roles r ON r.oid = a.grantee
+ WHERE a.grantee <> $2::oid
+ GROUP BY 1 ORDER BY 1`
+
+func readGrants(ctx context.Context, tx pgx.Tx, acl []string, owner uint32) ([]grant, error) {
+	if acl == nil {
+		return nil, nil
+	}
+	rows, err := tx.Query(ctx, grantsSQL, acl, owner)
+	if err != nil {
+		return nil, err
+	}
+	return pgx.CollectRows(rows, func(r pgx.CollectableRow) (grant, error) {
+		var g grant
+		return g, r.Scan(&g.grantee, &g.privileges)
+	})
+}
+
+// readTableGrants reads who may do what with the table, so the
+// application can still use it at the new location.
+func (p *Plan) readTableGrants(ctx context.Context, tx pgx.Tx, t *promoted.Table) error {
+	var acl []string
+	var owner uint32
+	if err := tx.QueryRow(ctx, `SELECT relacl::text[], relowner FROM pg_class WHERE oid = $1`, p.defs[t].oid).Scan(&acl, &owner); err != nil {
+		return fmt.Errorf("plan %s: privileges: %w", t, err)
+	}
+	g, err := readGrants(ctx, tx, acl, owner)
+	if err != nil {
+		return fmt.Errorf("plan %s: privileges: %w", t, err)
+	}
+	p.defs[t].grants = g
+	return nil
+}
+
 // identityOptions spells out an identity column's sequence so the target's
 // has the same name (in the target schema) and settings.
 func (p *Plan) identityOptions(ctx context.Context, tx pgx.Tx, t *promoted.Table, column string) (string, error) {
@@ -206,12 +260,19 @@ type seqDef struct {
 	column                            string
 	identity                          bool
 	owned                             bool
+	grants                            []grant
 }
 
 func readSequence(ctx context.Context, tx pgx.Tx, oid uint32) (*seqDef, error) {
 	s := &seqDef{oid: oid}
-	err := tx.QueryRow(ctx, `SELECT format_type(seqtypid, NULL), seqstart, seqincrement, seqmax, seqmin, seqcache, seqcycle
-	  FROM pg_sequence WHERE seqrelid = $1`, oid).Scan(&s.typ, &s.start, &s.increment, &s.max, &s.min, &s.cache, &s.cycle)
+	var acl []string
+	var owner uint32
+	err := tx.QueryRow(ctx, `SELECT format_type(seqtypid, NULL), seqstart, seqincrement, seqmax, seqmin, seqcache, seqcycle, c.relacl::text[], c.relowner
+	  FROM pg_sequence JOIN pg_class c ON c.oid = seqrelid WHERE seqrelid = $1`, oid).Scan(&s.typ, &s.start, &s.increment, &s.max, &s.min, &s.cache, &s.cycle, &acl, &owner)
+	if err != nil {
+		return s, err
+	}
+	s.grants, err = readGrants(ctx, tx, acl, owner)
 	return s, err
 }
 
@@ -266,6 +327,9 @@ func (p *Plan) readSequences(ctx context.Context, tx pgx.Tx) error {
 			p.seqs = append(p.seqs, s)
 		}
 	}
+	if err := p.readNamedSequences(ctx, tx); err != nil {
+		return err
+	}
 	for _, s := range p.seqs {
 		src := pgx.Identifier{s.schema, s.name}.Sanitize()
 		q := Sequence{Source: src, Target: src, Table: s.table, Column: s.column}
@@ -282,6 +346,99 @@ func (p *Plan) readSequences(ctx context.Context, tx pgx.Tx) error {
 		if !slices.ContainsFunc(p.Sequences, func(x Sequence) bool { return x.Source == q.Source && x.Table == q.Table && x.Column == q.Column }) {
 			p.Sequences = append(p.Sequences, q)
 		}
+	}
+	return p.leftBehindSequences(ctx, tx)
+}
+
+// readNamedSequences adds the sequences owned by a moved column that no
+// default calls (the application calls them by name), and those named
+// with --sequences.
+func (p *Plan) readNamedSequences(ctx context.Context, tx pgx.Tx) error {
+	have := func(oid uint32) bool {
+		return slices.ContainsFunc(p.seqs, func(s *seqDef) bool { return s.oid == oid })
+	}
+	for _, t := range p.Tables {
+		rows, err := tx.Query(ctx, `SELECT s.oid, s.relname, a.attname FROM pg_depend d
+		    JOIN pg_class s ON s.oid = d.objid AND s.relkind = 'S'
+		    JOIN pg_attribute a ON a.attrelid = d.refobjid AND a.attnum = d.refobjsubid
+		   WHERE d.classid = 'pg_class'::regclass AND d.refclassid = 'pg_class'::regclass AND d.refobjid = $1 AND d.deptype = 'a'
+		   ORDER BY s.relname`, p.defs[t].oid)
+		if err != nil {
+			return fmt.Errorf("plan %s: owned sequences: %w", t, err)
+		}
+		type owned struct {
+			oid          uint32
+			name, column string
+		}
+		list, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (owned, error) {
+			var o owned
+			return o, r.Scan(&o.oid, &o.name, &o.column)
+		})
+		if err != nil {
+			return fmt.Errorf("plan %s: owned sequences: %w", t, err)
+		}
+		for _, o := range list {
+			if have(o.oid) {
+				continue
+			}
+			s, err := readSequence(ctx, tx, o.oid)
+			if err != nil {
+				return fmt.Errorf("plan %s: sequence %s: %w", t, o.name, err)
+			}
+			s.schema, s.name, s.table, s.column, s.owned = p.cfg.Schema, o.name, t, o.column, true
+			p.seqs = append(p.seqs, s)
+		}
+	}
+	for _, name := range p.cfg.Sequences {
+		var oid uint32
+		err := tx.QueryRow(ctx, `SELECT c.oid FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+		    WHERE n.nspname = $1 AND c.relname = $2 AND c.relkind = 'S'`, p.cfg.Schema, name).Scan(&oid)
+		if errors.Is(err, pgx.ErrNoRows) {
+			return refuse("sequence %s.%s does not exist on the source: check --sequences and --schema", p.cfg.Schema, name)
+		}
+		if err != nil {
+			return fmt.Errorf("plan: sequence %s: %w", name, err)
+		}
+		if have(oid) {
+			continue
+		}
+		s, err := readSequence(ctx, tx, oid)
+		if err != nil {
+			return fmt.Errorf("plan: sequence %s: %w", name, err)
+		}
+		s.schema, s.name = p.cfg.Schema, name
+		p.seqs = append(p.seqs, s)
+	}
+	return nil
+}
+
+// leftBehindSequences notes the sequences of the schema the move leaves
+// behind: an application that calls one by name at the new location
+// would fail.
+func (p *Plan) leftBehindSequences(ctx context.Context, tx pgx.Tx) error {
+	rows, err := tx.Query(ctx, `SELECT c.oid, c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+	    WHERE n.nspname = $1 AND c.relkind = 'S'
+	      AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = 'pg_class'::regclass AND d.objid = c.oid AND d.deptype = 'i')
+	    ORDER BY c.relname`, p.cfg.Schema)
+	if err != nil {
+		return fmt.Errorf("plan: sequences: %w", err)
+	}
+	type seq struct {
+		oid  uint32
+		name string
+	}
+	all, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (seq, error) {
+		var s seq
+		return s, r.Scan(&s.oid, &s.name)
+	})
+	if err != nil {
+		return fmt.Errorf("plan: sequences: %w", err)
+	}
+	for _, s := range all {
+		if slices.ContainsFunc(p.seqs, func(x *seqDef) bool { return x.oid == s.oid }) {
+			continue
+		}
+		p.Notes = append(p.Notes, fmt.Sprintf("sequence %s.%s is not moved (no moved column uses it): if the tenant's application calls it by name, pass --sequences %s", p.cfg.Schema, s.name, s.name))
 	}
 	return nil
 }

@@ -27,6 +27,9 @@ type Config struct {
 	// SameDatabase is true when the target schema lives in the source
 	// database, so keys to tables that are not moved can be kept.
 	SameDatabase bool
+	// Sequences are sequences of Schema the application calls by name
+	// (nextval('invoice_no_seq')), moved besides those the tables use.
+	Sequences []string
 }
 
 // Sequence is a sequence a moved column draws its defaults from, on both
@@ -50,10 +53,19 @@ type Plan struct {
 	// table that is not moved, a type that must already exist), logged
 	// as warnings.
 	Notes []string
+	// Children maps each moved table to the moved tables whose foreign
+	// keys reference it: deleting the tenant's rows must empty the
+	// children first.
+	Children map[*promoted.Table][]*promoted.Table
+	// ReferencedBy lists foreign keys of tables that are not moved into
+	// tables that are: after a promotion their rows would point at rows
+	// that cleanup deletes (or, ON DELETE CASCADE, be deleted with them).
+	ReferencedBy []string
 
-	cfg  Config
-	defs map[*promoted.Table]*tableDef
-	seqs []*seqDef
+	cfg          Config
+	defs         map[*promoted.Table]*tableDef
+	seqs         []*seqDef
+	schemaGrants []grant
 }
 
 // ErrRefused wraps every refusal of the plan, so the CLI and tests can tell
@@ -111,6 +123,17 @@ func Load(ctx context.Context, conn *pgx.Conn, cfg Config) (*Plan, error) {
 		if err := p.readDefinition(ctx, tx, t); err != nil {
 			return nil, err
 		}
+		if err := p.readTableGrants(ctx, tx, t); err != nil {
+			return nil, err
+		}
+	}
+	var nspACL []string
+	var nspOwner uint32
+	if err := tx.QueryRow(ctx, `SELECT nspacl::text[], nspowner FROM pg_namespace WHERE oid = $1`, nsp).Scan(&nspACL, &nspOwner); err != nil {
+		return nil, fmt.Errorf("plan: schema privileges: %w", err)
+	}
+	if p.schemaGrants, err = readGrants(ctx, tx, nspACL, nspOwner); err != nil {
+		return nil, fmt.Errorf("plan: schema privileges: %w", err)
 	}
 	if err := p.readTypes(ctx, tx); err != nil {
 		return nil, err
@@ -119,7 +142,63 @@ func Load(ctx context.Context, conn *pgx.Conn, cfg Config) (*Plan, error) {
 		return nil, err
 	}
 	p.foreignKeyNotes()
+	if err := p.readReferencedBy(ctx, tx); err != nil {
+		return nil, err
+	}
+	if err := p.checkTenantLiterals(); err != nil {
+		return nil, err
+	}
 	return p, nil
+}
+
+// readReferencedBy finds foreign keys from tables that are not moved into
+// moved ones.
+func (p *Plan) readReferencedBy(ctx context.Context, tx pgx.Tx) error {
+	oids := make([]uint32, 0, len(p.Tables))
+	for _, t := range p.Tables {
+		oids = append(oids, p.defs[t].oid)
+	}
+	rows, err := tx.Query(ctx, `SELECT format('%s of %s references %s (ON DELETE %s)', c.conname, c.conrelid::regclass, c.confrelid::regclass,
+	        CASE c.confdeltype WHEN 'c' THEN 'CASCADE' WHEN 'n' THEN 'SET NULL' WHEN 'd' THEN 'SET DEFAULT' WHEN 'r' THEN 'RESTRICT' ELSE 'NO ACTION' END)
+	  FROM pg_constraint c
+	 WHERE c.contype = 'f' AND c.confrelid = ANY ($1) AND NOT c.conrelid = ANY ($1)
+	 ORDER BY 1`, oids)
+	if err != nil {
+		return fmt.Errorf("plan: foreign keys into the moved tables: %w", err)
+	}
+	p.ReferencedBy, err = pgx.CollectRows(rows, pgx.RowTo[string])
+	if err != nil {
+		return fmt.Errorf("plan: foreign keys into the moved tables: %w", err)
+	}
+	return nil
+}
+
+// checkTenantLiterals refuses tables whose tenant columns print the tenant
+// differently (a text column holding '042' next to a bigint one holding
+// 42): the move, its fence and its catalog entry need one tenant value.
+func (p *Plan) checkTenantLiterals() error {
+	for _, t := range p.Tables[1:] {
+		if t.TenantLiteral != p.Tables[0].TenantLiteral {
+			return refuse("tenant %q is %q in %s but %q in %s, whose tenant columns have different types: move them separately with --tables", string(p.cfg.Tenant), p.Tables[0].TenantLiteral, p.Tables[0], t.TenantLiteral, t)
+		}
+	}
+	return nil
+}
+
+// Tenant is the tenant as the source prints the tenant column's type: the
+// one value the move, its fence and the catalog know the tenant by.
+func (p *Plan) Tenant() string { return p.Tables[0].TenantLiteral }
+
+// TenantType is format_type of the tenant column.
+func (p *Plan) TenantType() string { return p.Tables[0].Columns[p.Tables[0].Tenant].Type }
+
+// TableNames are the moved tables' names, in plan order.
+func (p *Plan) TableNames() []string {
+	out := make([]string, len(p.Tables))
+	for i, t := range p.Tables {
+		out[i] = t.Name
+	}
+	return out
 }
 
 type rel struct {
@@ -216,6 +295,22 @@ func (p *Plan) readTable(ctx context.Context, tx pgx.Tx, r rel) (*promoted.Table
 		return nil, refuse("table %s has no primary key, which promoted needs to apply updates and deletes: add one (ALTER TABLE %s ADD PRIMARY KEY (...))", t, pgx.Identifier{t.Schema, t.Name}.Sanitize())
 	}
 	t.PrimaryKey = pk
+	// A publication that publishes updates and deletes makes every UPDATE
+	// and DELETE of a table without a usable replica identity fail, for
+	// every tenant (hazards.md 4.2).
+	name := pgx.Identifier{t.Schema, t.Name}.Sanitize()
+	switch t.ReplicaIdentity {
+	case 'n':
+		return nil, refuse("table %s has REPLICA IDENTITY NOTHING: once it is published, every tenant's UPDATE and DELETE on it would fail; run ALTER TABLE %s REPLICA IDENTITY DEFAULT first", t, name)
+	case 'i':
+		ri, err := p.indexColumns(ctx, tx, t, "indisreplident")
+		if err != nil {
+			return nil, err
+		}
+		if ri == nil {
+			return nil, refuse("table %s has REPLICA IDENTITY USING INDEX, but that index was dropped, which behaves as NOTHING: once it is published, every tenant's UPDATE and DELETE on it would fail; run ALTER TABLE %s REPLICA IDENTITY DEFAULT first", t, name)
+		}
+	}
 	switch {
 	case t.Columns[t.Tenant].TypeOID >= firstUserOID:
 		// Row filters accept built-in types only.
@@ -278,9 +373,8 @@ func (p *Plan) readTenant(ctx context.Context, tx pgx.Tx, t *promoted.Table) err
 	if !canSelect {
 		return refuse("the source role lacks SELECT on %s: GRANT SELECT ON %s TO the role", t, pgx.Identifier{t.Schema, t.Name}.Sanitize())
 	}
-	pred := pgx.Identifier{col.Name}.Sanitize() + " = " + promoted.QuoteLiteral(t.TenantLiteral) + "::" + col.Type
 	var out []byte
-	if err := tx.QueryRow(ctx, "EXPLAIN (FORMAT JSON) SELECT * FROM "+pgx.Identifier{t.Schema, t.Name}.Sanitize()+" WHERE "+pred).Scan(&out); err != nil {
+	if err := tx.QueryRow(ctx, "EXPLAIN (FORMAT JSON) SELECT * FROM "+pgx.Identifier{t.Schema, t.Name}.Sanitize()+" WHERE "+t.TenantPredicate()).Scan(&out); err != nil {
 		return fmt.Errorf("plan %s: estimate: %w", t, err)
 	}
 	var plans []struct {

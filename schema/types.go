@@ -180,5 +180,5 @@ func (p *Plan) addType(ctx context.Context, tx pgx.Tx, oid uint32, ti *typeInfo)
 // ignoreExisting wraps DDL that has no IF NOT EXISTS form so that a rerun
 // after a crash skips what the last run already made.
 func ignoreExisting(stmt string) string {
-	return "DO $promoted$ BEGIN " + stmt + "; EXCEPTION WHEN duplicate_object OR duplicate_table OR invalid_table_definition THEN NULL; END $promoted$"
+	return "DO " + promoted.DollarQuote(" BEGIN "+stmt+"; EXCEPTION WHEN duplicate_object OR duplicate_table OR invalid_table_definition THEN NULL; END ")
 }

@@ -17,6 +17,7 @@ import (
 	"golang.org/x/sync/errgroup"
 
 	"github.com/promoted/promoted"
+	"github.com/promoted/promoted/db"
 )
 
 // CopyConfig tunes the parallel copy.
@@ -41,13 +42,18 @@ func (c *CopyConfig) Bind(fs *pflag.FlagSet) {
 
 // Validate checks the values.
 func (c *CopyConfig) Validate() error {
-	if c.Parallel <= 0 {
+	switch {
+	case c.Parallel < 0:
+		return fmt.Errorf("--parallel %d is negative: pass a number of copy workers such as 4", c.Parallel)
+	case c.Parallel == 0:
 		c.Parallel = 4
-	}
-	if c.Parallel > 64 {
+	case c.Parallel > 64:
 		return fmt.Errorf("--parallel %d is too many: use at most 64", c.Parallel)
 	}
-	if c.ChunkRows <= 0 {
+	switch {
+	case c.ChunkRows < 0:
+		return fmt.Errorf("--chunk-rows %d is negative: pass a number of rows such as 250000", c.ChunkRows)
+	case c.ChunkRows == 0:
 		c.ChunkRows = 250000
 	}
 	if c.MaxRate < 0 {
@@ -165,7 +171,7 @@ func (c *Copier) plan(ctx context.Context) ([]chunk, error) {
 		}
 		var lo, hi *int64
 		q := fmt.Sprintf("SELECT min(%[1]s)::bigint, max(%[1]s)::bigint FROM %[2]s WHERE %[3]s",
-			pgx.Identifier{col}.Sanitize(), pgx.Identifier{t.Schema, t.Name}.Sanitize(), TenantPredicate(t))
+			pgx.Identifier{col}.Sanitize(), pgx.Identifier{t.Schema, t.Name}.Sanitize(), t.TenantPredicate())
 		if err := conn.QueryRow(ctx, q).Scan(&lo, &hi); err != nil {
 			return nil, fmt.Errorf("plan copy of %s: %w", t, err)
 		}
@@ -202,35 +208,11 @@ func splitColumn(t *promoted.Table) string {
 }
 
 func sourceConn(ctx context.Context, dsn string) (*pgx.Conn, error) {
-	cfg, err := pgx.ParseConfig(dsn)
-	if err != nil {
-		return nil, fmt.Errorf("source DSN: %w", err)
-	}
-	for k, v := range promoted.SessionParams {
-		cfg.RuntimeParams[k] = v
-	}
-	cfg.RuntimeParams["application_name"] = "promoted-copy"
-	conn, err := pgx.ConnectConfig(ctx, cfg)
-	if err != nil {
-		return nil, fmt.Errorf("connect to source: %w", err)
-	}
-	return conn, nil
+	return db.Open(ctx, db.Source, dsn, "promoted-copy")
 }
 
 func targetConn(ctx context.Context, dsn string) (*pgconn.PgConn, error) {
-	cfg, err := pgconn.ParseConfig(dsn)
-	if err != nil {
-		return nil, fmt.Errorf("target DSN: %w", err)
-	}
-	for k, v := range promoted.SessionParams {
-		cfg.RuntimeParams[k] = v
-	}
-	cfg.RuntimeParams["application_name"] = "promoted-copy"
-	conn, err := pgconn.ConnectConfig(ctx, cfg)
-	if err != nil {
-		return nil, fmt.Errorf("connect to target: %w", err)
-	}
-	return conn, nil
+	return db.OpenRaw(ctx, db.Target, dsn, "promoted-copy", nil)
 }
 
 func (c *Copier) worker(ctx context.Context, work <-chan chunk) error {
@@ -262,7 +244,7 @@ func (c *Copier) copyChunk(ctx context.Context, src, dst *pgconn.PgConn, ch chun
 	start := time.Now()
 	// SET TRANSACTION SNAPSHOT must be the first statement, sent as plain
 	// SQL with a literal: nothing may take a snapshot before it.
-	if _, err := src.Exec(ctx, "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; SET TRANSACTION SNAPSHOT "+QuoteLiteral(c.snapshot)).ReadAll(); err != nil {
+	if _, err := src.Exec(ctx, "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; SET TRANSACTION SNAPSHOT "+promoted.QuoteLiteral(c.snapshot)).ReadAll(); err != nil {
 		return fmt.Errorf("copy %s: import snapshot %s (the exporting connection must stay open until the copy ends): %w", t, c.snapshot, err)
 	}
 	format := "binary"
@@ -273,7 +255,7 @@ func (c *Copier) copyChunk(ctx context.Context, src, dst *pgconn.PgConn, ch chun
 	}
 	cols := copyColumns(t)
 	query := fmt.Sprintf("COPY (SELECT %s FROM %s WHERE %s%s) TO STDOUT (FORMAT %s)",
-		cols, pgx.Identifier{t.Schema, t.Name}.Sanitize(), TenantPredicate(t), ch.rangePredicate(), format)
+		cols, pgx.Identifier{t.Schema, t.Name}.Sanitize(), t.TenantPredicate(), ch.rangePredicate(), format)
 	into := fmt.Sprintf("COPY %s (%s) FROM STDIN (FORMAT %s)", pgx.Identifier{t.TargetSchema, t.TargetName}.Sanitize(), cols, format)
 
 	pr, pw := io.Pipe()

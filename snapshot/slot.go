@@ -16,32 +16,19 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/promoted/promoted"
+	"github.com/promoted/promoted/db"
 )
 
-// ConnectReplication opens a replication connection to the source. Its
-// session settings travel in the startup packet: any command sent after
-// CREATE_REPLICATION_SLOT destroys the exported snapshot (hazards.md 1.1),
-// and an idle-in-transaction timeout must not kill the exporter while the
-// copy runs (1.2). lockTimeout bounds how long slot creation may wait for
-// older transactions to end (1.4).
+// ConnectReplication opens a replication connection to the source. An
+// idle-in-transaction timeout must not kill the exporter while the copy
+// runs (hazards.md 1.2), and lockTimeout bounds how long slot creation may
+// wait for older transactions to end (1.4).
 func ConnectReplication(ctx context.Context, dsn string, lockTimeout time.Duration) (*pgconn.PgConn, error) {
-	cfg, err := pgconn.ParseConfig(dsn)
-	if err != nil {
-		return nil, fmt.Errorf("source DSN: %w", err)
-	}
-	for k, v := range promoted.SessionParams {
-		cfg.RuntimeParams[k] = v
-	}
-	cfg.RuntimeParams["replication"] = "database"
-	cfg.RuntimeParams["application_name"] = "promoted-stream"
-	cfg.RuntimeParams["idle_in_transaction_session_timeout"] = "0"
-	cfg.RuntimeParams["statement_timeout"] = "0"
-	cfg.RuntimeParams["lock_timeout"] = fmt.Sprintf("%dms", lockTimeout.Milliseconds())
-	conn, err := pgconn.ConnectConfig(ctx, cfg)
-	if err != nil {
-		return nil, fmt.Errorf("open replication connection to the source: %w", err)
-	}
-	return conn, nil
+	return db.OpenReplication(ctx, dsn, map[string]string{
+		"idle_in_transaction_session_timeout": "0",
+		"statement_timeout":                   "0",
+		"lock_timeout":                        fmt.Sprintf("%dms", lockTimeout.Milliseconds()),
+	})
 }
 
 // Names are the source objects of one job, derived from the job id so a
@@ -73,7 +60,7 @@ func CreatePublication(ctx context.Context, conn *pgx.Conn, name string, tables 
 		b.WriteString(pgx.Identifier{t.Schema, t.Name}.Sanitize())
 		if t.ServerFilter {
 			b.WriteString(" WHERE (")
-			b.WriteString(TenantPredicate(t))
+			b.WriteString(t.TenantPredicate())
 			b.WriteString(")")
 		}
 	}
@@ -82,22 +69,6 @@ func CreatePublication(ctx context.Context, conn *pgx.Conn, name string, tables 
 	}
 	return nil
 }
-
-// TenantPredicate is `"tenant_id" = '<value>'::type` for the table, with the
-// value quoted as a literal (publication filters and COPY queries cannot
-// take parameters).
-func TenantPredicate(t *promoted.Table) string {
-	col := t.Columns[t.Tenant]
-	pred := pgx.Identifier{col.Name}.Sanitize() + " = " + QuoteLiteral(t.TenantLiteral)
-	if col.TypeOID != 0 && col.TypeOID < 16384 {
-		pred += "::" + col.Type
-	}
-	return pred
-}
-
-// QuoteLiteral is promoted.QuoteLiteral, kept here for callers of the
-// snapshot package.
-func QuoteLiteral(s string) string { return promoted.QuoteLiteral(s) }
 
 // Slot is a created slot and its exported snapshot.
 type Slot struct {

@@ -51,25 +51,27 @@ func (c *Config) Bind(fs *pflag.FlagSet) {
 	fs.DurationVar(&c.CommitDelay, "commit-delay", 2*time.Millisecond, "wait this long for another transaction before committing a group on the target")
 }
 
-// Validate fills defaults and checks the values.
+// Validate fills defaults for zero values and refuses negative ones.
 func (c *Config) Validate() error {
-	if c.StatusInterval <= 0 {
+	switch {
+	case c.StatusInterval < 0:
+		return fmt.Errorf("--status-interval %s is negative: pass a duration such as 5s", c.StatusInterval)
+	case c.MaxTxnChanges < 0:
+		return fmt.Errorf("--max-txn-changes %d is negative: pass a number of changes such as 5000", c.MaxTxnChanges)
+	case c.CommitDelay < 0:
+		return fmt.Errorf("--commit-delay %s is negative: pass a duration such as 2ms, or 0", c.CommitDelay)
+	}
+	if c.StatusInterval == 0 {
 		c.StatusInterval = 5 * time.Second
 	}
 	if c.HeartbeatInterval <= 0 {
 		c.HeartbeatInterval = 200 * time.Millisecond
 	}
-	if c.MaxTxnChanges <= 0 {
+	if c.MaxTxnChanges == 0 {
 		c.MaxTxnChanges = 5000
 	}
 	if c.MarkerPrefix == "" {
 		c.MarkerPrefix = "promoted"
-	}
-	if c.CommitDelay < 0 {
-		c.CommitDelay = 0
-	}
-	if c.Slot == "" || c.Publication == "" {
-		return errors.New("stream: slot and publication are required")
 	}
 	return nil
 }
@@ -92,6 +94,9 @@ type Stream struct {
 func New(cfg Config, conn *pgconn.PgConn, tables []*promoted.Table, log *slog.Logger) (*Stream, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
+	}
+	if cfg.Slot == "" || cfg.Publication == "" {
+		return nil, errors.New("stream: slot and publication are required")
 	}
 	s := &Stream{cfg: cfg, conn: conn, tables: map[[2]string]*promoted.Table{}, rels: map[uint32]*relation{}, log: log}
 	for _, t := range tables {
@@ -205,9 +210,13 @@ func (s *Stream) sendStatus(durable promoted.LSN, reply bool) error {
 // touches the connection.
 func (s *Stream) receive(ctx context.Context, start promoted.LSN, sink promoted.Sink, out chan<- *promoted.Txn) error {
 	var (
-		txn           *promoted.Txn
-		skip          bool
-		inTxn         bool
+		txn   *promoted.Txn
+		skip  bool
+		inTxn bool
+		// parts is set once a leading part of the open transaction went
+		// to the sink: its last part must follow even when empty, or the
+		// sink's open group would never complete.
+		parts         bool
 		nextStatus    = time.Now().Add(s.cfg.StatusInterval)
 		lastHeartbeat time.Time
 		// lastPushed is the end of the last transaction handed to the sink.
@@ -320,6 +329,7 @@ func (s *Stream) receive(ctx context.Context, start promoted.LSN, sink promoted.
 				// A transaction whose commit record starts before the resume
 				// point was applied before the restart (hazards.md 5.5).
 				skip = m.FinalLSN < start
+				parts = false
 				txn = &promoted.Txn{Xid: m.Xid, FinalLSN: m.FinalLSN, CommitTime: m.CommitTime}
 			case *pglogrepl.CommitMessage:
 				inTxn = false
@@ -338,7 +348,7 @@ func (s *Stream) receive(ctx context.Context, start promoted.LSN, sink promoted.
 				}
 				s.received.Store(uint64(done.EndLSN))
 				s.metrics.txns.Inc()
-				if len(done.Changes) == 0 && !done.Partial {
+				if len(done.Changes) == 0 && !parts {
 					// Filtered to nothing (another tenant's rows of a table the
 					// daemon filters): no target commit, only progress.
 					if err := heartbeat(done.EndLSN); err != nil {
@@ -380,6 +390,7 @@ func (s *Stream) receive(ctx context.Context, start promoted.LSN, sink promoted.
 					part := *txn
 					part.Partial = true
 					txn.Changes = nil
+					parts = true
 					if err := push(&part); err != nil {
 						return err
 					}

@@ -3,6 +3,7 @@ package stream
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"strings"
@@ -30,11 +31,20 @@ type recorder struct {
 	changes []promoted.Change
 	pendEnd promoted.LSN
 	durable atomic.Uint64
+	// parts is every Txn handed over, as xid/partial/changes.
+	parts []part
+}
+
+type part struct {
+	xid     uint32
+	partial bool
+	changes int
 }
 
 func (r *recorder) Apply(_ context.Context, t *promoted.Txn) error {
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	r.parts = append(r.parts, part{t.Xid, t.Partial, len(t.Changes)})
 	r.pending = append(r.pending, t.Changes...)
 	if !t.Partial {
 		r.pendEnd = t.EndLSN
@@ -68,6 +78,8 @@ type fixture struct {
 	table *promoted.Table
 	slot  promoted.LSN
 	name  string
+	// maxTxn is the stream's MaxTxnChanges (0: its default).
+	maxTxn int
 }
 
 // setup creates ev(tenant_id, id, small, big) keyed by id alone (so the
@@ -131,7 +143,7 @@ func (f *fixture) run(t *testing.T, rec *recorder, until func(*recorder) bool) e
 		t.Fatal(err)
 	}
 	defer repl.Close(context.Background())
-	s, err := New(Config{Slot: f.name, Publication: "pub", StatusInterval: 200 * time.Millisecond, HeartbeatInterval: 50 * time.Millisecond},
+	s, err := New(Config{Slot: f.name, Publication: "pub", StatusInterval: 200 * time.Millisecond, HeartbeatInterval: 50 * time.Millisecond, MaxTxnChanges: f.maxTxn},
 		repl, []*promoted.Table{f.table}, slog.New(slog.NewTextHandler(io.Discard, nil)))
 	if err != nil {
 		t.Fatal(err)
@@ -296,5 +308,59 @@ func TestIdleTenantAdvancesSlot(t *testing.T) {
 	}
 	if got > rec.Durable() {
 		t.Fatalf("slot confirmed %s beyond the sink's durable %s", got, rec.Durable())
+	}
+}
+
+// TestSplitTransactionEndsWithItsLastPart sends transactions whose
+// tenant changes are exact multiples of MaxTxnChanges: after the leading
+// parts, the transaction's last part (empty here) must still follow with
+// the same xid, or the sink's open group is never completed and can be
+// rolled back while the stream moves on (issue: a 10,000-change
+// transaction at --max-txn-changes 5000).
+func TestSplitTransactionEndsWithItsLastPart(t *testing.T) {
+	f := setup(t, false)
+	f.maxTxn = 10
+	for _, q := range []string{ // one transaction each
+		`INSERT INTO ev SELECT 7, g, g, 'x' FROM generate_series(1, 20) g`,
+		`INSERT INTO ev SELECT 8, g, g, 'other' FROM generate_series(100, 104) g`,
+		`INSERT INTO ev SELECT 7, g, g, 'y' FROM generate_series(21, 30) g`,
+		`INSERT INTO ev VALUES (7, 31, 1, 'z')`,
+	} {
+		mustExec(t, f.conn, q)
+	}
+	rec := &recorder{}
+	if err := f.run(t, rec, func(r *recorder) bool { return len(r.got()) >= 31 && r.Durable() > f.slot }); err != nil {
+		t.Fatal(err)
+	}
+	rec.mu.Lock()
+	parts := append([]part(nil), rec.parts...)
+	rec.mu.Unlock()
+	var open *part
+	var shapes []string
+	for i, p := range parts {
+		if p.xid == 0 {
+			continue // a heartbeat between transactions
+		}
+		shapes = append(shapes, fmt.Sprintf("%d:%v:%d", p.xid, p.partial, p.changes))
+		if open != nil && p.xid != open.xid {
+			t.Errorf("part %d is of transaction %d while transaction %d still waits for its last part", i, p.xid, open.xid)
+		}
+		if p.partial {
+			open = &parts[i]
+		} else {
+			open = nil
+		}
+	}
+	if open != nil {
+		t.Errorf("transaction %d never got its last part", open.xid)
+	}
+	for i, p := range parts {
+		if p.xid == 0 && i > 0 && parts[i-1].partial {
+			t.Errorf("a heartbeat arrived inside split transaction %d", parts[i-1].xid)
+		}
+	}
+	t.Logf("parts (xid:partial:changes): %v", shapes)
+	if len(rec.got()) != 31 {
+		t.Errorf("%d changes delivered, want 31", len(rec.got()))
 	}
 }

@@ -7,6 +7,9 @@ import (
 	"regexp"
 	"strings"
 	"sync/atomic"
+	"time"
+
+	"github.com/jackc/pgx/v5"
 )
 
 // TB is the part of testing.TB that testenv needs, so the package can be
@@ -35,7 +38,29 @@ func (c *Cluster) NewDB(t TB) string {
 	if err != nil {
 		t.Fatalf("%v", err)
 	}
+	// A slot left by a test pins WAL for the whole cluster the package
+	// shares: drop the database's slots when the test ends.
+	t.Cleanup(func() { c.dropSlots(name) })
 	return dsn
+}
+
+func (c *Cluster) dropSlots(db string) {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	conn, err := pgx.Connect(ctx, c.DSN("postgres"))
+	if err != nil {
+		return
+	}
+	defer conn.Close(ctx)
+	for i := 0; i < 20; i++ {
+		conn.Exec(ctx, `SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots WHERE database = $1 AND active_pid IS NOT NULL`, db)
+		var left int
+		conn.QueryRow(ctx, `SELECT count(pg_drop_replication_slot(slot_name)) FROM pg_replication_slots WHERE database = $1 AND NOT active`, db)
+		if err := conn.QueryRow(ctx, `SELECT count(*) FROM pg_replication_slots WHERE database = $1`, db).Scan(&left); err != nil || left == 0 {
+			return
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
 }
 
 // Main starts the clusters a test package needs, runs its tests and stops

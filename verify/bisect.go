@@ -192,6 +192,28 @@ func (c *comparer) leaf(ctx context.Context, ts *tableSQL, r keyRange, limit int
 	if err != nil {
 		return err
 	}
+	if !ts.collated {
+		// A range holds the same rows on both sides only if both order
+		// its keys alike: with a single boundary nothing else checked
+		// that, and the diff could fill up with rows that merely sort
+		// into another range on the other side.
+		for _, side := range []struct {
+			keys []keyHash
+			q    Querier
+			rel  string
+		}{{src, c.dst, ts.dst}, {dst, c.src, ts.src}} {
+			if len(side.keys) < 2 {
+				continue
+			}
+			keys := make([][]string, len(side.keys))
+			for i, k := range side.keys {
+				keys[i] = k.cols
+			}
+			if err := checkOrder(ctx, side.q, ts, side.rel, keys); err != nil {
+				return err
+			}
+		}
+	}
 	if st.add(src, dst) && !ts.collated {
 		return errUnordered
 	}

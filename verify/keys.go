@@ -31,11 +31,13 @@ func CompareKeys(ctx context.Context, src, dst Querier, t *promoted.Table, keys 
 	}
 	c := &comparer{opts: opts.withDefaults(), src: src, dst: dst, parallel: !sameSession(src, dst)}
 	ts := newTableSQL(t, nil)
-	count := "SELECT count(*) FROM %s WHERE " + ts.pred
+	// The predicate holds the tenant value: it is concatenated, never a
+	// format string (a % in a tenant id is data).
+	count := func(rel string) string { return "SELECT count(*) FROM " + rel + " WHERE " + ts.pred }
 	err := c.both(ctx, func(ctx context.Context) error {
-		return src.QueryRow(ctx, fmt.Sprintf(count, ts.src)).Scan(&res.SourceRows)
+		return src.QueryRow(ctx, count(ts.src)).Scan(&res.SourceRows)
 	}, func(ctx context.Context) error {
-		return dst.QueryRow(ctx, fmt.Sprintf(count, ts.dst)).Scan(&res.TargetRows)
+		return dst.QueryRow(ctx, count(ts.dst)).Scan(&res.TargetRows)
 	})
 	if err != nil {
 		return res, fmt.Errorf("verify %s: count: %w", t, err)

@@ -37,7 +37,7 @@ func newTableSQL(t *promoted.Table, collate []bool) *tableSQL {
 		t:    t,
 		src:  pgx.Identifier{t.Schema, t.Name}.Sanitize(),
 		dst:  pgx.Identifier{t.TargetSchema, t.TargetName}.Sanitize(),
-		pred: tenantPredicate(t),
+		pred: t.TenantPredicate(),
 	}
 	ts.keyCols = make([]string, len(t.PrimaryKey))
 	exprs := make([]string, len(t.PrimaryKey))
@@ -89,18 +89,6 @@ func canonicalColumns(t *promoted.Table) []string {
 func ident(name string) string { return pgx.Identifier{name}.Sanitize() }
 
 func builtin(c promoted.Column) bool { return c.TypeOID != 0 && c.TypeOID < 16384 }
-
-// tenantPredicate is the same predicate snapshot.TenantPredicate builds
-// (`"tenant_id" = '7'::integer`), kept here so verify depends on the root
-// package only; a test pins the two together.
-func tenantPredicate(t *promoted.Table) string {
-	col := t.Columns[t.Tenant]
-	pred := ident(col.Name) + " = " + promoted.QuoteLiteral(t.TenantLiteral)
-	if builtin(col) {
-		pred += "::" + col.Type
-	}
-	return pred
-}
 
 // keyRange is a half-open range of primary keys, lo < key <= hi, each end
 // a key as text per key column; nil is unbounded.
@@ -213,7 +201,7 @@ func (ts *tableSQL) orderSQL(rel string, keys [][]string) (string, []any) {
 // most limit rows when limit > 0.
 func (ts *tableSQL) listSQL(rel string, r keyRange, limit int) (string, []any) {
 	var p params
-	sql := "SELECT ROW(" + strings.Join(ts.keyCols, ", ") + `)::text AS "promoted.key", md5(` + ts.rowText + `) AS "promoted.hash" FROM ` + rel +
+	sql := "SELECT ROW(" + strings.Join(ts.keyCols, ", ") + `)::text AS "promoted.key", md5(` + ts.rowText + `) AS "promoted.hash", ` + ts.keyTexts() + " FROM " + rel +
 		" WHERE " + p.where(ts, r) +
 		" ORDER BY " + ts.keyList
 	if limit > 0 {
@@ -256,19 +244,25 @@ func queryBounds(ctx context.Context, q Querier, sql string, args []any) ([][]st
 	})
 }
 
-// keyHash is one listed row: its key as text and its row hash.
-type keyHash struct{ key, hash string }
+// keyHash is one listed row: its key as text, its row hash, and its key
+// columns as text.
+type keyHash struct {
+	key, hash string
+	cols      []string
+}
 
 func queryList(ctx context.Context, q Querier, sql string, args []any) ([]keyHash, error) {
 	rows, err := q.Query(ctx, sql, args...)
 	if err != nil {
 		return nil, err
 	}
-	var kh keyHash
-	var out []keyHash
-	_, err = pgx.ForEachRow(rows, []any{&kh.key, &kh.hash}, func() error {
-		out = append(out, kh)
-		return nil
+	return pgx.CollectRows(rows, func(row pgx.CollectableRow) (keyHash, error) {
+		var kh keyHash
+		kh.cols = make([]string, len(row.FieldDescriptions())-2)
+		ptrs := []any{&kh.key, &kh.hash}
+		for i := range kh.cols {
+			ptrs = append(ptrs, &kh.cols[i])
+		}
+		return kh, row.Scan(ptrs...)
 	})
-	return out, err
 }

@@ -20,9 +20,9 @@ func parseEnd(name string, args []string, extra func(*pflag.FlagSet, *job.EndCon
 	fs.StringVar(&cfg.SourceDSN, "source", "", "source database connection string")
 	fs.StringVar(&cfg.Tenant, "tenant", "", "the tenant of the move")
 	fs.StringVar(&cfg.Schema, "schema", "public", "source schema of the move")
-	fs.StringVar(&cfg.TargetSchema, "target-schema", "", "target schema of the move (default: same name)")
-	fs.StringVar(&cfg.TenantColumn, "tenant-column", "tenant_id", "column that holds the tenant in pooled tables")
-	fs.StringSliceVar(&cfg.Tables, "tables", nil, "the move's tables (default: every table of --schema with the tenant column)")
+	fs.StringVar(&cfg.TargetSchema, "target-schema", "", "target schema of the move (default: the move's, as recorded; a different one is refused)")
+	fs.StringVar(&cfg.TenantColumn, "tenant-column", "", "column that holds the tenant (default: the move's, as recorded; a different one is refused)")
+	fs.StringSliceVar(&cfg.Tables, "tables", nil, "the move's tables (default: the move's, as recorded; different ones are refused)")
 	fs.StringVar(&cfg.CatalogDSN, "catalog", "", "catalog database connection string (default: the source)")
 	extra(fs, cfg)
 	c.bind(fs)
@@ -31,6 +31,9 @@ func parseEnd(name string, args []string, extra func(*pflag.FlagSet, *job.EndCon
 	}
 	if err := required(fs, "source", "tenant"); err != nil {
 		return nil, nil, err
+	}
+	if err := cfg.Validate(); err != nil {
+		return nil, nil, usageOf(err)
 	}
 	log, err := c.logger(os.Stderr)
 	if err != nil {
@@ -45,7 +48,7 @@ func parseEnd(name string, args []string, extra func(*pflag.FlagSet, *job.EndCon
 func cancel(ctx context.Context, args []string) error {
 	cfg, log, err := parseEnd("cancel", args, func(fs *pflag.FlagSet, cfg *job.EndConfig) {
 		fs.StringVar(&cfg.TargetDSN, "target", "", "target database connection string (needed with --drop-target)")
-		fs.BoolVar(&cfg.DropTarget, "drop-target", false, "drop the target tables too")
+		fs.BoolVar(&cfg.DropTarget, "drop-target", false, "drop what the move created on the target (tables it did not create keep everything but the tenant's rows)")
 	})
 	if err != nil {
 		return err

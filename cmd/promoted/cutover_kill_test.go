@@ -120,7 +120,7 @@ func killCutover(t *testing.T, step, then string) {
 			    (SELECT count(*) FROM order_lines WHERE tenant_id = 1) + (SELECT count(*) FROM events WHERE tenant_id = 1)`); n != 0 {
 				t.Errorf("%d rows of tenant 1 left on the source after cleanup", n)
 			}
-			if n := queryOne[int64](t, ctx, srcDSN, `SELECT (SELECT count(*) FROM pg_replication_slots) + (SELECT count(*) FROM pg_publication) +
+			if n := queryOne[int64](t, ctx, srcDSN, `SELECT (SELECT count(*) FROM pg_replication_slots WHERE database = current_database()) + (SELECT count(*) FROM pg_publication) +
 			    (SELECT count(*) FROM pg_trigger WHERE tgname LIKE 'promoted_fence%') + (SELECT count(*) FROM promoted.fence)`); n != 0 {
 				t.Errorf("%d slots, publications, fence triggers or fences left after cleanup", n)
 			}
@@ -138,7 +138,7 @@ func killCutover(t *testing.T, step, then string) {
 		if err := tenantWrite(); err != nil {
 			t.Errorf("after cancel the tenant cannot write to the source: %v", err)
 		}
-		if n := queryOne[int64](t, ctx, srcDSN, `SELECT (SELECT count(*) FROM pg_replication_slots) + (SELECT count(*) FROM pg_publication) +
+		if n := queryOne[int64](t, ctx, srcDSN, `SELECT (SELECT count(*) FROM pg_replication_slots WHERE database = current_database()) + (SELECT count(*) FROM pg_publication) +
 		    (SELECT count(*) FROM pg_trigger WHERE tgname LIKE 'promoted_fence%')`); n != 0 {
 			t.Errorf("%d slots, publications or fence triggers left after cancel", n)
 		}

@@ -1,11 +1,14 @@
 package main
 
 import (
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
 	"os"
+	"strconv"
 	"strings"
+	"time"
 
 	"github.com/spf13/pflag"
 
@@ -14,15 +17,22 @@ import (
 
 // common are the flags every command shares.
 type common struct {
-	logFormat   string
-	logLevel    string
-	metricsAddr string
+	logFormat    string
+	logLevel     string
+	metricsAddr  string
+	verifyRemote bool
 }
 
 func (c *common) bind(fs *pflag.FlagSet) {
 	fs.StringVar(&c.logFormat, "log-format", "text", "log format: text or json")
 	fs.StringVar(&c.logLevel, "log-level", "info", "log level: debug, info, warn, error")
 	fs.StringVar(&c.metricsAddr, "metrics-addr", "", "serve Prometheus metrics on this address (e.g. :9187)")
+}
+
+// bindVerify registers the flag of the commands whose daemon answers
+// GET /verify.
+func (c *common) bindVerify(fs *pflag.FlagSet) {
+	fs.BoolVar(&c.verifyRemote, "verify-remote", false, "answer GET /verify from other hosts too (by default only from this host: a verification reads the whole tenant on both databases)")
 }
 
 func (c *common) logger(w io.Writer) (*slog.Logger, error) {
@@ -41,7 +51,8 @@ func (c *common) logger(w io.Writer) (*slog.Logger, error) {
 }
 
 // parse parses args, filling every flag not given on the command line from
-// PROMOTED_<FLAG> in the environment.
+// PROMOTED_<FLAG> in the environment, and refuses a zero or negative
+// value for a flag that must be positive.
 func parse(fs *pflag.FlagSet, args []string) error {
 	fs.SetOutput(os.Stderr)
 	if err := fs.Parse(args); err != nil {
@@ -65,7 +76,33 @@ func parse(fs *pflag.FlagSet, args []string) error {
 			}
 		}
 	})
-	return envErr
+	if envErr != nil {
+		return envErr
+	}
+	return positive(fs)
+}
+
+// positiveFlags must be above zero when given: a zero is never quietly
+// taken to mean the default.
+var positiveFlags = []string{"parallel", "chunk-rows", "max-lag", "cutover-timeout", "batch-rows", "apply-batch",
+	"apply-batch-age", "max-txn-changes", "status-interval", "slot-timeout", "progress-interval"}
+
+func positive(fs *pflag.FlagSet) error {
+	for _, name := range positiveFlags {
+		f := fs.Lookup(name)
+		if f == nil || !f.Changed {
+			continue
+		}
+		v := f.Value.String()
+		if d, err := time.ParseDuration(v); err == nil && d > 0 {
+			continue
+		}
+		if n, err := strconv.ParseFloat(v, 64); err == nil && n > 0 {
+			continue
+		}
+		return fmt.Errorf("%w: --%s %s: must be above zero (the default is %s)", errUsage, name, v, f.DefValue)
+	}
+	return nil
 }
 
 func required(fs *pflag.FlagSet, names ...string) error {
@@ -80,21 +117,25 @@ func required(fs *pflag.FlagSet, names ...string) error {
 // moveCommand is what the commands that run a move (replicate, promote,
 // verify) share: the source, the target (named by targetFlag), the tenant,
 // the move's flags, parsing and the logger. extra binds the command's own
-// flags.
+// flags: each command accepts only the flags that mean something for it.
 type moveCommand struct {
 	common
 	cfg job.Config
 	log *slog.Logger
 }
 
-func parseMove(name string, args []string, targetFlag, targetHelp string, extra func(*pflag.FlagSet, *job.Config)) (*moveCommand, error) {
+func parseMove(name string, args []string, targetFlag, targetHelp string, extra func(*pflag.FlagSet, *job.Config), serves bool) (*moveCommand, error) {
 	fs := pflag.NewFlagSet(name, pflag.ContinueOnError)
 	m := &moveCommand{}
 	fs.StringVar(&m.cfg.SourceDSN, "source", "", "source database connection string (passwords from the DSN, PGPASSWORD or ~/.pgpass)")
 	fs.StringVar(&m.cfg.TargetDSN, targetFlag, "", targetHelp)
 	fs.StringVar(&m.cfg.Tenant, "tenant", "", "the tenant's value of the tenant column")
 	m.bind(fs)
-	m.cfg.Bind(fs)
+	if serves {
+		m.bindVerify(fs)
+	}
+	m.cfg.BindMove(fs)
+	m.cfg.BindStream(fs)
 	if extra != nil {
 		extra(fs, &m.cfg)
 	}
@@ -107,4 +148,13 @@ func parseMove(name string, args []string, targetFlag, targetHelp string, extra 
 	var err error
 	m.log, err = m.logger(os.Stderr)
 	return m, err
+}
+
+// usageOf marks a configuration the job refused as a usage error (exit 2).
+func usageOf(err error) error {
+	var ue *job.UsageError
+	if errors.As(err, &ue) {
+		return fmt.Errorf("%w: %s", errUsage, ue.Msg)
+	}
+	return err
 }

@@ -13,6 +13,8 @@ import (
 	"syscall"
 
 	"github.com/spf13/pflag"
+
+	"github.com/promoted/promoted/job"
 )
 
 const usage = `promoted moves one tenant's data between PostgreSQL isolation tiers, live.
@@ -80,11 +82,17 @@ func run(args []string) int {
 		return 0
 	case errors.Is(err, pflag.ErrHelp):
 		return 0
-	case errors.Is(err, errUsage):
+	case errors.Is(err, errUsage) || isUsage(err):
+		err = usageOf(err)
 		fmt.Fprintln(os.Stderr, "promoted:", strings.TrimPrefix(err.Error(), errUsage.Error()+": "))
 		return 2
 	default:
 		fmt.Fprintln(os.Stderr, "promoted:", err)
 		return 1
 	}
+}
+
+func isUsage(err error) bool {
+	var ue *job.UsageError
+	return errors.As(err, &ue)
 }

@@ -16,7 +16,7 @@ import (
 // it keeps working, and flips its catalog entry.
 func promote(ctx context.Context, args []string) error {
 	m, err := parseMove("promote", args, "target", "target database connection string (the dedicated database, or the source with --target-schema)",
-		func(fs *pflag.FlagSet, cfg *job.Config) { cfg.Cutover.Bind(fs) })
+		func(fs *pflag.FlagSet, cfg *job.Config) { cfg.BindCopy(fs); cfg.Cutover.Bind(fs) }, true)
 	if err != nil {
 		return err
 	}
@@ -24,9 +24,9 @@ func promote(ctx context.Context, args []string) error {
 	cfg.Promote = true
 	j, err := job.New(cfg, log)
 	if err != nil {
-		return err
+		return usageOf(err)
 	}
-	if err := serveMetrics(ctx, c.metricsAddr, log, route{"/verify", verifyHandler(j)}); err != nil {
+	if err := serveMetrics(ctx, c.metricsAddr, log, route{"/verify", verifyHandler(j, c.verifyRemote)}); err != nil {
 		return err
 	}
 	testHooks(j)

@@ -8,13 +8,16 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/spf13/pflag"
+
 	"github.com/promoted/promoted/job"
 )
 
 // replicate keeps a PostgreSQL schema or database equal to one tenant's
 // rows until it is stopped (SIGINT/SIGTERM), then stops cleanly.
 func replicate(ctx context.Context, args []string) error {
-	m, err := parseMove("replicate", args, "sink", "where the tenant's rows go: postgres://... (a database; the schema is --target-schema)", nil)
+	m, err := parseMove("replicate", args, "sink", "where the tenant's rows go: postgres://... (a database; the schema is --target-schema)",
+		func(fs *pflag.FlagSet, cfg *job.Config) { cfg.BindCopy(fs) }, true)
 	if err != nil {
 		return err
 	}
@@ -24,9 +27,9 @@ func replicate(ctx context.Context, args []string) error {
 	}
 	j, err := job.New(cfg, log)
 	if err != nil {
-		return err
+		return usageOf(err)
 	}
-	if err := serveMetrics(ctx, c.metricsAddr, log, route{"/verify", verifyHandler(j)}); err != nil {
+	if err := serveMetrics(ctx, c.metricsAddr, log, route{"/verify", verifyHandler(j, c.verifyRemote)}); err != nil {
 		return err
 	}
 	testHooks(j)

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"os"
 	"strings"
@@ -19,7 +20,7 @@ import (
 // (bisecting to the differing keys), and stops. A daemon running the move
 // is asked through its /verify endpoint instead.
 func verifyCmd(ctx context.Context, args []string) error {
-	m, err := parseMove("verify", args, "target", "target database connection string", nil)
+	m, err := parseMove("verify", args, "target", "target database connection string", nil, false)
 	if err != nil {
 		return err
 	}
@@ -27,7 +28,7 @@ func verifyCmd(ctx context.Context, args []string) error {
 	cfg.VerifyOnly = true
 	j, err := job.New(cfg, log)
 	if err != nil {
-		return err
+		return usageOf(err)
 	}
 	if err := j.Run(ctx); err != nil {
 		return fmt.Errorf("%w (a daemon running this move answers GET /verify on its --metrics-addr)", err)
@@ -53,17 +54,38 @@ func report(w io.Writer, res *verify.Result) error {
 	return nil
 }
 
-// verifyHandler serves GET /verify on a running daemon's metrics address.
-func verifyHandler(j *job.Job) http.Handler {
+// verifyHandler serves GET /verify on a running daemon's metrics address:
+// 200 when equal, 422 with the differences, 409 while another
+// verification runs, 503 when the move cannot verify yet. A verification
+// reads the whole tenant on both databases, so only clients on this host
+// are answered unless remote.
+func verifyHandler(j *job.Job, remote bool) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if !remote && !loopback(r.RemoteAddr) {
+			http.Error(w, "GET /verify is answered only on this host (start promoted with --verify-remote to allow others)", http.StatusForbidden)
+			return
+		}
 		res, err := j.VerifyLive(r.Context())
-		if err != nil {
+		switch {
+		case errors.Is(err, job.ErrVerifyBusy):
+			http.Error(w, err.Error(), http.StatusConflict)
+			return
+		case err != nil:
 			http.Error(w, err.Error(), http.StatusServiceUnavailable)
 			return
 		}
 		if !res.Equal() {
-			w.WriteHeader(http.StatusConflict)
+			w.WriteHeader(http.StatusUnprocessableEntity)
 		}
 		report(w, res)
 	})
+}
+
+func loopback(addr string) bool {
+	host, _, err := net.SplitHostPort(addr)
+	if err != nil {
+		return false
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
 }

@@ -63,6 +63,11 @@ DO $promoted$ BEGIN ALTER TABLE "tenant_1"."orders" ADD CONSTRAINT "orders_pkey"
 CREATE INDEX IF NOT EXISTS orders_status_idx ON orders USING btree (tenant_id, status);
 DO $promoted$ BEGIN ALTER TABLE "tenant_1"."order_lines" ADD CONSTRAINT "order_lines_tenant_id_order_id_fkey" FOREIGN KEY (tenant_id, order_id) REFERENCES orders(tenant_id, id) ON DELETE CASCADE; EXCEPTION WHEN duplicate_object OR duplicate_table OR invalid_table_definition THEN NULL; END $promoted$;
 DO $promoted$ BEGIN ALTER TABLE "tenant_1"."orders" ADD CONSTRAINT "orders_tenant_id_customer_id_fkey" FOREIGN KEY (tenant_id, customer_id) REFERENCES customers(tenant_id, id); EXCEPTION WHEN duplicate_object OR duplicate_table OR invalid_table_definition THEN NULL; END $promoted$;
+GRANT USAGE ON SCHEMA "tenant_1" TO PUBLIC;
+GRANT SELECT ON TABLE "tenant_1"."customers" TO PUBLIC;
+DO $promoted$ BEGIN IF EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'schema_test_app') THEN GRANT INSERT, SELECT, UPDATE ON TABLE "tenant_1"."orders" TO "schema_test_app"; END IF; END $promoted$;
+DO $promoted$ BEGIN IF EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'schema_test_app') THEN GRANT USAGE ON SEQUENCE "tenant_1"."orders_id_seq" TO "schema_test_app"; END IF; END $promoted$;
 -- notes
 -- foreign key customers_tenant_id_fkey of public.customers references public.tenants, which is not moved and is not in the target database: the target table is created without it
+-- foreign key orders_tenant_id_customer_id_fkey of public.orders has no index on (tenant_id, customer_id): every row `promoted cleanup` deletes from public.customers scans public.orders, so cleanup deletes public.orders's rows first and VACUUMs it before; CREATE INDEX CONCURRENTLY ON "public"."orders" (tenant_id, customer_id) makes it fast
 -- foreign key orders_tenant_id_fkey of public.orders references public.tenants, which is not moved and is not in the target database: the target table is created without it

@@ -1,32 +1,15 @@
-package cutover
+package state
 
 import (
 	"context"
 	"errors"
 	"fmt"
+	"time"
 
 	"github.com/jackc/pgx/v5"
-)
 
-// catalogDDL is the default routing table of DESIGN.md, and the record of
-// flips promoted made: a flip and its record commit together, so after a
-// crash a rerun knows whether the flip happened.
-const catalogDDL = `CREATE SCHEMA IF NOT EXISTS promoted;
-CREATE TABLE IF NOT EXISTS promoted.tenant_catalog (
-    tenant_id   text PRIMARY KEY,
-    location    text NOT NULL,
-    schema_name text,
-    version     bigint NOT NULL,
-    updated_at  timestamptz
-);
-CREATE TABLE IF NOT EXISTS promoted.flips (
-    job_id      text PRIMARY KEY,
-    tenant_id   text NOT NULL,
-    location    text NOT NULL,
-    schema_name text,
-    version     bigint,
-    flipped_at  timestamptz NOT NULL DEFAULT now()
-)`
+	"github.com/promoted/promoted/db"
+)
 
 // Entry is a tenant's catalog entry.
 type Entry struct {
@@ -34,19 +17,30 @@ type Entry struct {
 	Version          int64
 }
 
-// Catalog is where the tenant's location is recorded.
+// Catalog is where the tenant's location is recorded: the default routing
+// table of DESIGN.md, and the record of the flips promoted made. A flip and
+// its record commit together, so after a crash a rerun knows whether the
+// flip happened.
 type Catalog struct {
 	Conn *pgx.Conn
+	// DSN opens a fresh session when Conn may be dead: the outcome of a
+	// flip whose COMMIT failed is asked there, never on the failed
+	// session.
+	DSN string
 	// FlipSQL, when set, flips the platform's own routing table instead
 	// of promoted.tenant_catalog: $1 tenant, $2 location, $3 target schema.
 	FlipSQL string
 }
 
+// ErrOutcomeUnknown wraps a flip whose COMMIT was sent but not answered:
+// the flip may or may not have committed.
+var ErrOutcomeUnknown = errors.New("the catalog flip's outcome is unknown")
+
 // Prepare creates the catalog tables and returns the tenant's entry,
-// creating it (version 1, at the source) when the tenant has none yet.
+// creating it (version 1, at location) when the tenant has none yet.
 func (c *Catalog) Prepare(ctx context.Context, tenant, location, schema string) (Entry, error) {
-	if _, err := c.Conn.Exec(ctx, catalogDDL); err != nil {
-		return Entry{}, fmt.Errorf("create catalog: %w", err)
+	if err := EnsureCatalog(ctx, c.Conn); err != nil {
+		return Entry{}, err
 	}
 	if _, err := c.Conn.Exec(ctx, `INSERT INTO promoted.tenant_catalog (tenant_id, location, schema_name, version, updated_at)
 	    VALUES ($1, $2, $3, 1, now()) ON CONFLICT (tenant_id) DO NOTHING`, tenant, location, schema); err != nil {
@@ -70,17 +64,34 @@ func (c *Catalog) Read(ctx context.Context, tenant string) (Entry, error) {
 	return e, nil
 }
 
+// flipLock is the advisory lock a flip transaction holds until it ends:
+// whoever asks whether the flip committed waits on it, so a flip still in
+// flight (its COMMIT sent, the answer lost) is never taken for one that
+// did not happen.
+const flipLock = `hashtext('promoted.flip'), hashtext($1)`
+
 // Flipped reports whether the job's flip committed, and to which version.
+// It asks on a fresh session and first waits for any flip transaction of
+// the job still running, so its answer is definitive; ctx bounds the wait.
 func (c *Catalog) Flipped(ctx context.Context, jobID string) (bool, int64, error) {
-	var exists bool
-	if err := c.Conn.QueryRow(ctx, `SELECT to_regclass('promoted.flips') IS NOT NULL`).Scan(&exists); err != nil {
+	conn, err := db.Open(ctx, db.Catalog, c.DSN, "promoted")
+	if err != nil {
+		return false, 0, err
+	}
+	defer conn.Close(context.Background())
+	if ok, err := exists(ctx, conn, "flips"); err != nil || !ok {
+		return false, 0, err
+	}
+	tx, err := conn.Begin(ctx)
+	if err != nil {
 		return false, 0, fmt.Errorf("read flips: %w", err)
 	}
-	if !exists {
-		return false, 0, nil
+	defer tx.Rollback(context.Background())
+	if _, err := tx.Exec(ctx, `SELECT pg_advisory_xact_lock_shared(`+flipLock+`)`, jobID); err != nil {
+		return false, 0, fmt.Errorf("wait for the flip transaction to end: %w", err)
 	}
 	var v *int64
-	err := c.Conn.QueryRow(ctx, `SELECT version FROM promoted.flips WHERE job_id = $1`, jobID).Scan(&v)
+	err = tx.QueryRow(ctx, `SELECT version FROM promoted.flips WHERE job_id = $1`, jobID).Scan(&v)
 	if errors.Is(err, pgx.ErrNoRows) {
 		return false, 0, nil
 	}
@@ -93,15 +104,25 @@ func (c *Catalog) Flipped(ctx context.Context, jobID string) (bool, int64, error
 	return true, *v, nil
 }
 
+// Hooks let tests fail a flip at its commit.
+type Hooks struct {
+	// BeforeCommit runs just before the flip's COMMIT is sent.
+	BeforeCommit func()
+}
+
 // Flip moves the tenant's entry to location in one transaction: a
 // compare-and-swap on the version read at prepare, the flip record, and a
-// NOTIFY promoted_catalog so routers drop their cached entry.
-func (c *Catalog) Flip(ctx context.Context, jobID, tenant, location, schema string, version int64) (int64, error) {
+// NOTIFY promoted_catalog so routers drop their cached entry. An error
+// from the COMMIT itself wraps ErrOutcomeUnknown.
+func (c *Catalog) Flip(ctx context.Context, jobID, tenant, location, schema string, version int64, hooks Hooks) (int64, error) {
 	tx, err := c.Conn.Begin(ctx)
 	if err != nil {
 		return 0, fmt.Errorf("flip catalog: %w", err)
 	}
 	defer tx.Rollback(context.Background())
+	if _, err := tx.Exec(ctx, `SELECT pg_advisory_xact_lock(`+flipLock+`)`, jobID); err != nil {
+		return 0, fmt.Errorf("flip catalog: %w", err)
+	}
 	var newVersion *int64
 	if c.FlipSQL != "" {
 		tag, err := tx.Exec(ctx, c.FlipSQL, tenant, location, schema)
@@ -130,11 +151,36 @@ func (c *Catalog) Flip(ctx context.Context, jobID, tenant, location, schema stri
 	if _, err := tx.Exec(ctx, `SELECT pg_notify('promoted_catalog', $1)`, tenant); err != nil {
 		return 0, fmt.Errorf("notify promoted_catalog: %w", err)
 	}
+	if hooks.BeforeCommit != nil {
+		hooks.BeforeCommit()
+	}
 	if err := tx.Commit(ctx); err != nil {
-		return 0, fmt.Errorf("flip catalog: commit: %w", err)
+		return 0, fmt.Errorf("%w: commit: %w", ErrOutcomeUnknown, err)
 	}
 	if newVersion == nil {
 		return 0, nil
 	}
 	return *newVersion, nil
+}
+
+// SettleFlip asks, on a fresh session, whether a flip whose COMMIT went
+// unanswered committed, retrying for up to wait while the catalog
+// database cannot be reached. It returns an error only when the outcome
+// is still unknown.
+func (c *Catalog) SettleFlip(jobID string, wait time.Duration) (bool, int64, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), wait)
+	defer cancel()
+	for {
+		qctx, qcancel := context.WithTimeout(ctx, 10*time.Second)
+		ok, v, err := c.Flipped(qctx, jobID)
+		qcancel()
+		if err == nil {
+			return ok, v, nil
+		}
+		select {
+		case <-ctx.Done():
+			return false, 0, err
+		case <-time.After(200 * time.Millisecond):
+		}
+	}
 }

@@ -1,0 +1,202 @@
+package state
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"fmt"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/promoted/promoted"
+)
+
+// FenceSQLState is the SQLSTATE of a write rejected by the fence. An
+// application that sees it re-resolves the tenant's location and retries.
+const FenceSQLState = "PM001"
+
+// FenceFunction returns the name and DDL of the fence's trigger function
+// for tables whose tenant column is col.
+//
+// It runs with its owner's rights (SECURITY DEFINER, the mover) and a
+// pinned search_path: the application roles that fire it can neither read
+// promoted's tables nor shadow an operator it uses (hazards.md 14). An
+// unfenced write costs one index probe of promoted.fence (two when an
+// UPDATE changes the tenant) and no dynamic SQL. It is VOLATILE, so in READ
+// COMMITTED each statement sees a fence armed before it started; older
+// snapshots are the barrier's business.
+//
+// The only way past an armed fence is a row in promoted.fence_bypass with
+// the writing transaction's own id, which only the mover can insert and
+// which no other transaction can see (cleanup deleting the old rows). A
+// session setting would do for any role: SET needs no privilege for a
+// custom setting.
+func FenceFunction(col string) (name, ddl string) {
+	h := sha256.Sum256([]byte(col))
+	name = "fence_" + hex.EncodeToString(h[:6])
+	c := promoted.QuoteIdent(col)
+	fenced := func(v string) string {
+		return fmt.Sprintf(`IF EXISTS (SELECT 1 FROM promoted.fence f WHERE f.schema_name = TG_TABLE_SCHEMA AND f.tenant_id = %[1]s
+                  AND (f.tables IS NULL OR TG_TABLE_NAME = ANY (f.tables)))
+           AND NOT EXISTS (SELECT 1 FROM promoted.fence_bypass b WHERE b.xid = pg_current_xact_id_if_assigned()) THEN
+            RAISE EXCEPTION USING ERRCODE = '%[2]s',
+                MESSAGE = format('tenant %%s is moving to a new location: writes to %%I.%%I are fenced; re-resolve the tenant''s location and retry', %[1]s, TG_TABLE_SCHEMA, TG_TABLE_NAME);
+        END IF;`, v, FenceSQLState)
+	}
+	body := fmt.Sprintf(`
+DECLARE
+    v text;
+BEGIN
+    IF TG_OP = 'TRUNCATE' THEN
+        IF EXISTS (SELECT 1 FROM promoted.fence f WHERE f.schema_name = TG_TABLE_SCHEMA AND (f.tables IS NULL OR TG_TABLE_NAME = ANY (f.tables))) THEN
+            RAISE EXCEPTION USING ERRCODE = '%[1]s',
+                MESSAGE = format('%%I.%%I cannot be truncated while a tenant of it is moving (promoted)', TG_TABLE_SCHEMA, TG_TABLE_NAME);
+        END IF;
+        RETURN NULL;
+    END IF;
+    IF TG_OP <> 'DELETE' THEN
+        v := NEW.%[2]s::text;
+        %[3]s
+    END IF;
+    IF TG_OP = 'DELETE' OR (TG_OP = 'UPDATE' AND OLD.%[2]s IS DISTINCT FROM NEW.%[2]s) THEN
+        v := OLD.%[2]s::text;
+        %[3]s
+    END IF;
+    IF TG_OP = 'DELETE' THEN
+        RETURN OLD;
+    END IF;
+    RETURN NEW;
+END`, FenceSQLState, c, fenced("v"))
+	ddl = `CREATE OR REPLACE FUNCTION promoted.` + name + `() RETURNS trigger LANGUAGE plpgsql VOLATILE
+    SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS ` + promoted.DollarQuote(body)
+	return name, ddl
+}
+
+// Fence is one armed fence row: the tenant's writes to the tables of
+// schema are rejected.
+type Fence struct {
+	Schema, Tenant, JobID string
+	Tables                []string
+}
+
+// ArmFence inserts the fence row and, in the same transaction, runs
+// check (the cutover makes sure every fence trigger exists and is
+// enabled), so a fence is never armed over tables it does not guard. It
+// returns the time it was armed. It takes no table lock.
+func ArmFence(ctx context.Context, conn *pgx.Conn, f Fence, check func(pgx.Tx) error) (time.Time, error) {
+	tx, err := conn.Begin(ctx)
+	if err != nil {
+		return time.Time{}, fmt.Errorf("arm fence: %w", err)
+	}
+	defer tx.Rollback(context.Background())
+	if _, err := tx.Exec(ctx, `INSERT INTO promoted.fence (schema_name, tenant_id, job_id, tables) VALUES ($1, $2, $3, $4)
+	    ON CONFLICT (schema_name, tenant_id) DO UPDATE SET job_id = EXCLUDED.job_id, tables = EXCLUDED.tables
+	    WHERE promoted.fence.job_id = EXCLUDED.job_id`, f.Schema, f.Tenant, f.JobID, f.Tables); err != nil {
+		return time.Time{}, fmt.Errorf("arm fence: %w", err)
+	}
+	var owner string
+	var at time.Time
+	if err := tx.QueryRow(ctx, `SELECT job_id, clock_timestamp() FROM promoted.fence WHERE schema_name = $1 AND tenant_id = $2`, f.Schema, f.Tenant).Scan(&owner, &at); err != nil {
+		return time.Time{}, fmt.Errorf("arm fence: %w", err)
+	}
+	if owner != f.JobID {
+		return time.Time{}, fmt.Errorf("tenant %s of schema %s is already fenced by move %s: finish or cancel that move first", f.Tenant, f.Schema, owner)
+	}
+	if check != nil {
+		if err := check(tx); err != nil {
+			return time.Time{}, err
+		}
+	}
+	if err := tx.Commit(ctx); err != nil {
+		return time.Time{}, fmt.Errorf("arm fence: %w", err)
+	}
+	return at, nil
+}
+
+// DisarmFence removes this job's fence row: the tenant can write to the
+// source again.
+func DisarmFence(ctx context.Context, q Querier, schema, tenant, jobID string) error {
+	if ok, err := exists(ctx, q, "fence"); err != nil || !ok {
+		return err
+	}
+	if _, err := q.Exec(ctx, `DELETE FROM promoted.fence WHERE schema_name = $1 AND tenant_id = $2 AND job_id = $3`, schema, tenant, jobID); err != nil {
+		return fmt.Errorf("disarm fence: %w", err)
+	}
+	return nil
+}
+
+// FenceArmed reports whether this job's fence is armed, and since when.
+func FenceArmed(ctx context.Context, q Querier, jobID string) (bool, time.Time, error) {
+	if ok, err := exists(ctx, q, "fence"); err != nil || !ok {
+		return false, time.Time{}, err
+	}
+	var at time.Time
+	err := q.QueryRow(ctx, `SELECT armed_at FROM promoted.fence WHERE job_id = $1`, jobID).Scan(&at)
+	if err == pgx.ErrNoRows {
+		return false, time.Time{}, nil
+	}
+	if err != nil {
+		return false, time.Time{}, fmt.Errorf("read fence: %w", err)
+	}
+	return true, at, nil
+}
+
+// Bypass lets the transaction tx pass every armed fence: it records the
+// transaction's own id in promoted.fence_bypass, a row no other
+// transaction can see and no application role can write. Call it first in
+// the transaction, and Unbypass before committing.
+func Bypass(ctx context.Context, tx pgx.Tx) error {
+	if _, err := tx.Exec(ctx, `INSERT INTO promoted.fence_bypass VALUES (pg_current_xact_id())`); err != nil {
+		return fmt.Errorf("pass the fence: %w", err)
+	}
+	return nil
+}
+
+// Unbypass removes the transaction's bypass row, so none is ever
+// committed.
+func Unbypass(ctx context.Context, tx pgx.Tx) error {
+	if _, err := tx.Exec(ctx, `DELETE FROM promoted.fence_bypass WHERE xid = pg_current_xact_id()`); err != nil {
+		return fmt.Errorf("pass the fence: %w", err)
+	}
+	return nil
+}
+
+// FenceLock serializes, per source schema, the decisions about the fence
+// triggers: installing them for a move, and removing them when no move of
+// the schema needs them any more. It is a session advisory lock on conn;
+// the returned function releases it.
+func FenceLock(ctx context.Context, conn *pgx.Conn, schema string) (func(), error) {
+	if _, err := conn.Exec(ctx, `SELECT pg_advisory_lock(hashtext('promoted.fence'), hashtext($1))`, schema); err != nil {
+		return nil, fmt.Errorf("lock the fence triggers of schema %s: %w", schema, err)
+	}
+	return func() {
+		conn.Exec(context.Background(), `SELECT pg_advisory_unlock(hashtext('promoted.fence'), hashtext($1))`, schema)
+	}, nil
+}
+
+// AllTables in FencedTables means every table of the schema is needed.
+const AllTables = "*"
+
+// FencedTables are the tables of schema that some active move (one that
+// has been neither cancelled nor cleaned up) other than except still
+// needs fenced. Call it under FenceLock.
+func FencedTables(ctx context.Context, q Querier, schema, except string) (map[string]bool, error) {
+	jobs, err := Jobs(ctx, q)
+	if err != nil {
+		return nil, err
+	}
+	need := map[string]bool{}
+	for _, j := range jobs {
+		if j.ID == except || j.Schema != schema || j.Kind != KindPromote || !j.Active() {
+			continue
+		}
+		if len(j.Tables) == 0 {
+			need[AllTables] = true // recorded by an older promoted: assume every table
+		}
+		for _, t := range j.Tables {
+			need[t] = true
+		}
+	}
+	return need, nil
+}

@@ -1,0 +1,138 @@
+package state
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+)
+
+// Job kinds.
+const (
+	KindPromote   = "promote"
+	KindReplicate = "replicate"
+)
+
+// Phases a job records on the source.
+const (
+	PhasePrepare   = "prepare"   // recorded before anything else is created
+	PhaseCopy      = "snapshot"  // the copy runs
+	PhaseCatchup   = "catchup"   // streaming
+	PhaseArmed     = "cutover"   // the fence may be armed
+	PhaseFlipped   = "flipped"   // the catalog flipped; the slot may remain
+	PhaseDone      = "done"      // flipped, slot and publication dropped
+	PhaseFailed    = "failed"    // the last attempt failed; the source is authoritative
+	PhaseCancelled = "cancelled" // cancelled; slot, publication and fence dropped
+	PhaseCleaned   = "cleaned"   // the tenant's old rows are deleted from the source
+)
+
+// Job is a move's record on the source: what it moves, where to, and how
+// far it got. It is written before the move creates anything, and the end
+// commands (cancel, cleanup) act on this record, never on their own
+// flags: a cleanup given other tables or another tenant column than the
+// move had would delete rows that were never copied.
+type Job struct {
+	ID     string
+	Tenant string // the tenant as the source prints the tenant column's type
+	Schema string // the source schema
+	Kind   string
+	// Target is the target's location, without a password.
+	Target       string
+	TargetSchema string
+	TenantColumn string
+	// TenantType is format_type of the tenant column: the end commands
+	// cast --tenant to it to find the move (042 and 42 are one tenant).
+	TenantType string
+	Tables     []string
+	Phase      string
+	Outcome    string
+	BlockedMS  *int64
+	StartedAt  time.Time
+	UpdatedAt  time.Time
+}
+
+// Active reports whether the move may still need its fence triggers and
+// slot: it has been neither cancelled nor cleaned up.
+func (j *Job) Active() bool { return j.Phase != PhaseCancelled && j.Phase != PhaseCleaned }
+
+// RecordJob creates the job's record or, for a rerun, updates its phase;
+// the rest of an existing record is what the move was started with and
+// is kept.
+func RecordJob(ctx context.Context, q Querier, j *Job) error {
+	if err := EnsureSource(ctx, q); err != nil {
+		return err
+	}
+	_, err := q.Exec(ctx, `INSERT INTO promoted.jobs (job_id, tenant_id, schema_name, kind, target, phase,
+	        tenant_column, tenant_type, target_schema, tables)
+	    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
+	    ON CONFLICT (job_id) DO UPDATE SET kind = EXCLUDED.kind, target = EXCLUDED.target, phase = EXCLUDED.phase,
+	        tenant_column = EXCLUDED.tenant_column, tenant_type = EXCLUDED.tenant_type,
+	        target_schema = EXCLUDED.target_schema, tables = EXCLUDED.tables, outcome = NULL, updated_at = now()`,
+		j.ID, j.Tenant, j.Schema, j.Kind, j.Target, j.Phase, j.TenantColumn, j.TenantType, j.TargetSchema, j.Tables)
+	if err != nil {
+		return fmt.Errorf("record the move on the source: %w", err)
+	}
+	return nil
+}
+
+const jobColumns = `job_id, tenant_id, schema_name, kind, target, phase, coalesce(outcome, ''), blocked_ms, started_at, updated_at,
+    coalesce(tenant_column, ''), coalesce(tenant_type, ''), coalesce(target_schema, ''), coalesce(tables, '{}')`
+
+func scanJob(row pgx.Row) (*Job, error) {
+	j := &Job{}
+	err := row.Scan(&j.ID, &j.Tenant, &j.Schema, &j.Kind, &j.Target, &j.Phase, &j.Outcome, &j.BlockedMS, &j.StartedAt, &j.UpdatedAt,
+		&j.TenantColumn, &j.TenantType, &j.TargetSchema, &j.Tables)
+	return j, err
+}
+
+// ReadJob returns the job's record, or nil when the source has none.
+func ReadJob(ctx context.Context, q Querier, id string) (*Job, error) {
+	if ok, err := exists(ctx, q, "jobs"); err != nil || !ok {
+		return nil, err
+	}
+	j, err := scanJob(q.QueryRow(ctx, `SELECT `+jobColumns+` FROM promoted.jobs WHERE job_id = $1`, id))
+	if errors.Is(err, pgx.ErrNoRows) || undefined(err) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("read the move's record: %w", err)
+	}
+	return j, nil
+}
+
+// Jobs returns every move recorded on the source, newest first.
+func Jobs(ctx context.Context, q Querier) ([]*Job, error) {
+	if ok, err := exists(ctx, q, "jobs"); err != nil || !ok {
+		return nil, err
+	}
+	rows, err := q.Query(ctx, `SELECT `+jobColumns+` FROM promoted.jobs ORDER BY started_at DESC, job_id`)
+	if err != nil {
+		if undefined(err) {
+			return nil, nil
+		}
+		return nil, fmt.Errorf("read the moves' records: %w", err)
+	}
+	defer rows.Close()
+	var out []*Job
+	for rows.Next() {
+		j, err := scanJob(rows)
+		if err != nil {
+			return nil, fmt.Errorf("read the moves' records: %w", err)
+		}
+		out = append(out, j)
+	}
+	return out, rows.Err()
+}
+
+// SetJobPhase records the job's phase and outcome (and the blocked time
+// of a cutover, when known).
+func SetJobPhase(ctx context.Context, q Querier, id, phase, outcome string, blockedMS *int64) error {
+	_, err := q.Exec(ctx, `UPDATE promoted.jobs SET phase = $2, outcome = nullif($3, ''), blocked_ms = coalesce($4, blocked_ms), updated_at = now() WHERE job_id = $1`,
+		id, phase, outcome, blockedMS)
+	if err != nil && !undefined(err) {
+		return fmt.Errorf("record the move's phase: %w", err)
+	}
+	return nil
+}
