@@ -75,6 +75,16 @@ type Job struct {
 	// FetchWait bounds how long a re-read of a row waits for its source
 	// transaction to become visible (0: the fetcher's default).
 	FetchWait time.Duration
+	// StallAfter is how long the apply may stand still while behind
+	// before it is reported as stalled (0: DefaultStallAfter).
+	StallAfter time.Duration
+}
+
+func (j *Job) stallAfter() time.Duration {
+	if j.StallAfter > 0 {
+		return j.StallAfter
+	}
+	return DefaultStallAfter
 }
 
 // New checks the configuration; nothing is touched until Run.
@@ -144,6 +154,23 @@ func (j *Job) RowsCopied() int64 {
 // returns nil with everything received either committed on the target and
 // acknowledged, or neither.
 func (j *Job) Run(ctx context.Context) error {
+	err := j.run(ctx)
+	if err != nil && ctx.Err() != nil && stoppedBy(err) {
+		// Stopped on purpose before anything was left half-done: the
+		// statement the stop cancelled is not a failure.
+		return nil
+	}
+	return err
+}
+
+// stoppedBy reports whether err is the cancellation of a stop: the
+// context's, or the server's answer to the cancel request it sent.
+func stoppedBy(err error) bool {
+	var pgErr *pgconn.PgError
+	return errors.Is(err, context.Canceled) || (errors.As(err, &pgErr) && pgErr.Code == "57014")
+}
+
+func (j *Job) run(ctx context.Context) error {
 	src, err := db.Open(ctx, db.Source, j.cfg.SourceDSN, "promoted")
 	if err != nil {
 		return err
@@ -587,10 +614,10 @@ func (j *Job) recordPhase(ctx context.Context, phase string) error {
 	return state.SetJobPhase(ctx, j.src, j.ID, phase, "", nil)
 }
 
-// StallAfter is how long the apply may make no progress while behind the
-// source before the move says so (a log line each interval, and the
-// promoted_job_apply_stalled_seconds gauge).
-const StallAfter = 30 * time.Second
+// DefaultStallAfter is how long the apply may make no progress while
+// behind the source before the move says so (a log line each interval,
+// and the promoted_job_apply_stalled_seconds gauge).
+const DefaultStallAfter = 30 * time.Second
 
 // reportProgress logs progress and updates gauges until stopped. A
 // catch-up whose applied position stands still while the source moves on
@@ -620,7 +647,7 @@ func (j *Job) reportProgress(ctx context.Context) func() {
 					last, since = applied, time.Now()
 				}
 				stalled := time.Since(since)
-				if stalled < StallAfter {
+				if stalled < j.stallAfter() {
 					j.m.stalled.Set(0)
 					j.log.Info("progress", "stage", "catchup", "applied_lsn", applied.String(), "lag_bytes", lag)
 					continue

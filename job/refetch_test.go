@@ -2,9 +2,14 @@ package job
 
 import (
 	"context"
+	"log/slog"
 	"strings"
+	"sync"
 	"testing"
 	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	dto "github.com/prometheus/client_model/go"
 )
 
 // TestRefetchWaitsForTheCommit moves a row with a TOASTed payload into
@@ -93,5 +98,69 @@ func syncStandby(t *testing.T, ctx context.Context, admin, value string) {
 		if _, err := c.Exec(ctx, q); err != nil {
 			t.Fatal(err)
 		}
+	}
+}
+
+// lockedLog collects a job's log lines for a test.
+type lockedLog struct {
+	mu sync.Mutex
+	b  strings.Builder
+}
+
+func (l *lockedLog) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedLog) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
+}
+
+// TestStalledApplyIsReported blocks the apply on the target while the
+// source moves on: the move says the apply is stalled (a warning each
+// interval and the stalled-seconds gauge), never ordinary progress at a
+// fixed position, and goes on once the target is free.
+func TestStalledApplyIsReported(t *testing.T) {
+	ctx := context.Background()
+	s := src.NewSaaS(t, 40, 2)
+	d := dst.NewTenantDB(t)
+	logs := &lockedLog{}
+	j, err := New(Config{SourceDSN: s.Mover, TargetDSN: d.Mover, Tenant: "1", Tables: movedTables, ProgressInterval: 100 * time.Millisecond},
+		slog.New(slog.NewTextHandler(logs, nil)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	j.StallAfter = 500 * time.Millisecond
+	jctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	done := make(chan error, 1)
+	go func() { done <- j.Run(jctx) }()
+	waitCatchup(t, j, done)
+	hold := connectPinned(t, ctx, d.Admin)
+	defer hold.Close(ctx)
+	if _, err := hold.Exec(ctx, `BEGIN; SELECT 1 FROM promoted.progress FOR UPDATE`); err != nil {
+		t.Fatal(err)
+	}
+	mustExec(t, ctx, s.Admin, `UPDATE customers SET name = 'while stalled' WHERE tenant_id = 1`)
+	waitFor(t, 30*time.Second, "a stalled-apply warning", func() bool {
+		return strings.Contains(logs.String(), "the apply has made no progress")
+	})
+	var m dto.Metric
+	if err := j.m.stalled.(prometheus.Metric).Write(&m); err != nil {
+		t.Fatal(err)
+	}
+	if v := m.GetGauge().GetValue(); v <= 0 {
+		t.Errorf("promoted_job_apply_stalled_seconds is %v while the apply is stalled", v)
+	}
+	hold.Exec(ctx, "ROLLBACK")
+	end := currentLSN(t, ctx, s.Admin)
+	waitFor(t, 60*time.Second, "target to reach "+end.String(), func() bool { return j.Applied() >= end })
+	compareTenant(t, ctx, s.Admin, d.Admin, "public", "public", "1", movedTables)
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatal(err)
 	}
 }

@@ -41,6 +41,11 @@ func TestMain(m *testing.M) {
 	}
 	bin = filepath.Join(dir, "promoted")
 	build := exec.Command("go", "build", "-o", bin, ".")
+	if other := os.Getenv("PROMOTED_TEST_BIN"); other != "" {
+		// Run the tests against another build (an older commit, to see a
+		// new test fail there).
+		bin, build = other, exec.Command("true")
+	}
 	if out, err := build.CombinedOutput(); err != nil {
 		fmt.Fprintf(os.Stderr, "build promoted: %v\n%s", err, out)
 		os.RemoveAll(dir)

@@ -87,6 +87,8 @@ func seededSource(t *testing.T, c *testenv.Cluster) string {
 // TestUsageErrors: bad invocations exit 2 with one line saying what is
 // wrong, before connecting anywhere.
 func TestUsageErrors(t *testing.T) {
+	replicate := []string{"replicate", "--source", "postgres://127.0.0.1:1/x", "--sink", "postgres://127.0.0.1:1/y", "--tenant", "1"}
+	promote := []string{"promote", "--source", "postgres://127.0.0.1:1/x", "--target", "postgres://127.0.0.1:1/y", "--tenant", "1"}
 	for _, tc := range []struct {
 		name, want string
 		args       []string
@@ -96,6 +98,22 @@ func TestUsageErrors(t *testing.T) {
 		{"kafka_sink", "only postgres://", []string{"replicate", "--source", "postgres://127.0.0.1:1/x", "--tenant", "1", "--sink", "kafka://127.0.0.1:1/p"}},
 		{"unknown_flag", "--bogus", []string{"replicate", "--bogus"}},
 		{"cancel_no_source", "--source is required", []string{"cancel", "--tenant", "1"}},
+		// Bad values are usage errors (2), never refusals (1), and a zero
+		// is never quietly taken for the default.
+		{"fence_check_maybe", "--fence-check", append(promote, "--fence-check", "maybe")},
+		{"cutover_timeout_negative", "--cutover-timeout", append(promote, "--cutover-timeout", "-1s")},
+		{"cutover_timeout_zero", "--cutover-timeout", append(promote, "--cutover-timeout", "0s")},
+		{"parallel_1000", "--parallel 1000", append(replicate, "--parallel", "1000")},
+		{"parallel_zero", "--parallel", append(replicate, "--parallel", "0")},
+		{"batch_rows_zero", "--batch-rows", []string{"cleanup", "--source", "postgres://127.0.0.1:1/x", "--tenant", "1", "--batch-rows", "0"}},
+		{"target_schema_promoted", "schema promoted", append(replicate, "--target-schema", "promoted")},
+		{"source_unparseable", "source connection string cannot be parsed", []string{"replicate", "--source", "postgres://u:s3cr%zz@127.0.0.1/x", "--sink", "postgres://127.0.0.1:1/y", "--tenant", "1"}},
+		{"drop_target_without_target", "--drop-target needs --target", []string{"cancel", "--source", "postgres://127.0.0.1:1/x", "--tenant", "1", "--drop-target"}},
+		// Each command takes only the flags that mean something for it:
+		// a comparison never changes the source.
+		{"verify_fix_replica_identity", "--fix-replica-identity", []string{"verify", "--source", "postgres://127.0.0.1:1/x", "--target", "postgres://127.0.0.1:1/y", "--tenant", "1", "--fix-replica-identity"}},
+		{"verify_parallel", "--parallel", []string{"verify", "--source", "postgres://127.0.0.1:1/x", "--target", "postgres://127.0.0.1:1/y", "--tenant", "1", "--parallel", "2"}},
+		{"cancel_cutover_flag", "--cutover-timeout", []string{"cancel", "--source", "postgres://127.0.0.1:1/x", "--tenant", "1", "--cutover-timeout", "5s"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			code, stdout, stderr := runCLI(t, tc.args...)
@@ -107,6 +125,11 @@ func TestUsageErrors(t *testing.T) {
 			}
 			if stdout != "" {
 				t.Errorf("stdout is not empty: %q", stdout)
+			}
+			// A connection string that does not parse is never echoed:
+			// any part of it may be the password.
+			if strings.Contains(stderr, "s3cr") || strings.Contains(stderr, "zz@") {
+				t.Errorf("stderr repeats the connection string: %q", stderr)
 			}
 		})
 	}
@@ -198,6 +221,17 @@ func TestRefusePlan(t *testing.T) {
 		if n := queryOne[int](t, ctx, srcDSN, `SELECT count(*)::int FROM tenants`); n != 5 {
 			t.Errorf("source tenants holds %d rows, want 5", n)
 		}
+	})
+	t.Run("replica_identity_nothing", func(t *testing.T) {
+		// Publishing it would fail every tenant's UPDATE and DELETE.
+		srcDSN, dstDSN := seededSource(t, src), dst.NewDB(t)
+		mustExec(t, ctx, srcDSN, `ALTER TABLE events REPLICA IDENTITY NOTHING`)
+		expectRefusal(t, srcDSN, dstDSN, "REPLICA IDENTITY NOTHING", "--source", srcDSN, "--sink", dstDSN, "--tenant", "1")
+	})
+	t.Run("replica_identity_index_dropped", func(t *testing.T) {
+		srcDSN, dstDSN := seededSource(t, src), dst.NewDB(t)
+		mustExec(t, ctx, srcDSN, `CREATE UNIQUE INDEX events_ri ON events (tenant_id, id); ALTER TABLE events REPLICA IDENTITY USING INDEX events_ri; DROP INDEX events_ri`)
+		expectRefusal(t, srcDSN, dstDSN, "that index was dropped", "--source", srcDSN, "--sink", dstDSN, "--tenant", "1")
 	})
 	t.Run("target_holds_tenant_rows", func(t *testing.T) {
 		srcDSN, dstDSN := seededSource(t, src), dst.NewDB(t)

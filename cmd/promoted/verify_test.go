@@ -3,11 +3,14 @@ package main
 import (
 	"context"
 	"io"
+	"log/slog"
 	"net"
 	"net/http"
+	"net/http/httptest"
 	"strings"
 	"testing"
 
+	"github.com/promoted/promoted/job"
 	"github.com/promoted/promoted/testenv"
 )
 
@@ -86,5 +89,29 @@ func TestVerifyAndCancelDropTarget(t *testing.T) {
 	}
 	if s := slotsOf(t, ctx, srcDSN); len(s) != 0 {
 		t.Errorf("slots left after cancel: %v", s)
+	}
+}
+
+// GET /verify reads the whole tenant on both databases: it answers only
+// this host's clients unless --verify-remote.
+func TestVerifyOnlyFromThisHost(t *testing.T) {
+	for _, tc := range []struct {
+		remote string
+		allow  bool
+		want   int
+	}{{"10.1.2.3:5555", false, http.StatusForbidden}, {"[2001:db8::1]:5555", false, http.StatusForbidden},
+		{"127.0.0.1:5555", false, http.StatusServiceUnavailable}, {"[::1]:5555", false, http.StatusServiceUnavailable},
+		{"10.1.2.3:5555", true, http.StatusServiceUnavailable}} {
+		j, err := job.New(job.Config{SourceDSN: "postgres://127.0.0.1:1/x", TargetDSN: "postgres://127.0.0.1:1/y", Tenant: "1"}, slog.New(slog.NewTextHandler(io.Discard, nil)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		r := httptest.NewRequest("GET", "/verify", nil)
+		r.RemoteAddr = tc.remote
+		w := httptest.NewRecorder()
+		verifyHandler(j, tc.allow).ServeHTTP(w, r)
+		if w.Code != tc.want {
+			t.Errorf("from %s (remote allowed %v): %d, want %d (a move that is not streaming answers 503)", tc.remote, tc.allow, w.Code, tc.want)
+		}
 	}
 }
