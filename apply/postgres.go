@@ -32,12 +32,17 @@ type Config struct {
 	BatchAge time.Duration
 	// Pipeline is how many statements are sent per round trip.
 	Pipeline int
+	// Timeout bounds one Apply or Flush: a target that does not answer
+	// for this long (a network gone silent, a lock that is never freed)
+	// makes the move reconnect and resume from what is durable.
+	Timeout time.Duration
 }
 
 // Bind registers the sink's flags.
 func (c *Config) Bind(fs *pflag.FlagSet) {
 	fs.IntVar(&c.BatchChanges, "apply-batch", 2000, "commit the target transaction after this many changes (always at a source transaction boundary)")
 	fs.DurationVar(&c.BatchAge, "apply-batch-age", 500*time.Millisecond, "commit the target transaction when it is older than this")
+	fs.DurationVar(&c.Timeout, "apply-timeout", time.Minute, "longest the target may take to answer the apply before the move reconnects and resumes")
 }
 
 // Validate fills defaults for zero values and refuses negative ones.
@@ -47,6 +52,11 @@ func (c *Config) Validate() error {
 		return fmt.Errorf("--apply-batch %d is negative: pass a number of changes such as 2000", c.BatchChanges)
 	case c.BatchAge < 0:
 		return fmt.Errorf("--apply-batch-age %s is negative: pass a duration such as 500ms", c.BatchAge)
+	case c.Timeout < 0:
+		return fmt.Errorf("--apply-timeout %s is negative: pass a duration such as 1m", c.Timeout)
+	}
+	if c.Timeout == 0 {
+		c.Timeout = time.Minute
 	}
 	if c.BatchChanges == 0 {
 		c.BatchChanges = 2000
@@ -69,6 +79,9 @@ type ErrDiverged struct {
 	Key   string
 	Rows  int64
 }
+
+// Fatal marks the error as one no retry can fix.
+func (e *ErrDiverged) Fatal() bool { return true }
 
 func (e *ErrDiverged) Error() string {
 	return fmt.Sprintf("%s of %s %s touched %d rows on the target instead of 1: the target has diverged from the source (was it written to directly?); run `promoted verify` to see the differences, then cancel and start the move again", e.Op, e.Table, e.Key, e.Rows)
@@ -169,8 +182,41 @@ func (p *Postgres) Marker(content string) (promoted.LSN, bool) {
 	return l, ok
 }
 
+// ErrTimeout reports a target that did not answer within the apply's
+// timeout: the connection is treated as broken, and the move reconnects.
+type ErrTimeout struct {
+	After time.Duration
+	Err   error
+}
+
+func (e *ErrTimeout) Error() string {
+	return fmt.Sprintf("the target did not answer the apply within %s (--apply-timeout): %v", e.After, e.Err)
+}
+
+func (e *ErrTimeout) Unwrap() error { return e.Err }
+
+// Silent marks the error as a broken connection, worth a retry.
+func (e *ErrTimeout) Silent() bool { return true }
+
+// bounded runs f under the apply's timeout, telling a target that did not
+// answer from any other failure.
+func (p *Postgres) bounded(ctx context.Context, f func(context.Context) error) error {
+	bctx, cancel := context.WithTimeout(ctx, p.cfg.Timeout)
+	defer cancel()
+	err := f(bctx)
+	if err != nil && ctx.Err() == nil && errors.Is(bctx.Err(), context.DeadlineExceeded) {
+		p.inTx = false
+		return &ErrTimeout{After: p.cfg.Timeout, Err: err}
+	}
+	return err
+}
+
 // Apply queues one transaction (or part) into the open target transaction.
 func (p *Postgres) Apply(ctx context.Context, txn *promoted.Txn) error {
+	return p.bounded(ctx, func(ctx context.Context) error { return p.apply(ctx, txn) })
+}
+
+func (p *Postgres) apply(ctx context.Context, txn *promoted.Txn) error {
 	if txn.Heartbeat() {
 		if txn.EndLSN <= max(p.Durable(), p.pendEnd) {
 			return nil
@@ -209,6 +255,10 @@ func (p *Postgres) Apply(ctx context.Context, txn *promoted.Txn) error {
 
 // Flush commits the open target transaction.
 func (p *Postgres) Flush(ctx context.Context) error {
+	return p.bounded(ctx, p.flush)
+}
+
+func (p *Postgres) flush(ctx context.Context) error {
 	if p.midTxn {
 		// Stopped inside a large source transaction: none of the group is
 		// durable or acknowledged, so dropping it loses nothing.

@@ -133,6 +133,13 @@ type Cutover struct {
 	log     *slog.Logger
 	m       *metrics
 	Hooks   Hooks
+	// Drift, when set, compares the source's table definitions and
+	// publication with the plan under the fence, after the drain: a
+	// change stops the cutover before the flip.
+	Drift func(ctx context.Context, src *pgx.Conn) error
+	// Reconnect opens a fresh source session, to disarm the fence after a
+	// failure that broke the cutover's own.
+	Reconnect func(ctx context.Context) (*pgx.Conn, error)
 	// Check replaces the full comparison under the fence (the job
 	// re-checks only the rows changed since a full live verification just
 	// before the cutover, so the fence lasts as long as the changes, not
@@ -170,9 +177,7 @@ func (c *Cutover) Run(ctx context.Context, mv Move, sink Drainer, lag int64) (*S
 		if flipped || unknown {
 			return
 		}
-		dctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-		defer cancel()
-		if err := state.DisarmFence(dctx, c.src, mv.Schema, mv.Tenant, mv.JobID); err != nil {
+		if err := c.disarm(mv); err != nil {
 			c.log.Error("disarm fence after a failed cutover: the tenant's writes stay fenced until `promoted cancel` or a rerun", "err", err)
 			return
 		}
@@ -207,6 +212,12 @@ func (c *Cutover) Run(ctx context.Context, mv Move, sink Drainer, lag int64) (*S
 	c.log.Info("drained through the fence marker", "marker_lsn", sum.MarkerLSN.String(), "ms", time.Since(start).Milliseconds())
 	if c.Hooks.AfterDrain != nil {
 		c.Hooks.AfterDrain()
+	}
+	if c.Drift != nil {
+		if err := c.Drift(dctx, c.src); err != nil {
+			return nil, fmt.Errorf("under the fence: %w; the fence is disarmed and the catalog unchanged", err)
+		}
+		step("drift")
 	}
 	if !c.cfg.SkipVerify {
 		check := c.Check
@@ -270,4 +281,27 @@ func (c *Cutover) Run(ctx context.Context, mv Move, sink Drainer, lag int64) (*S
 		c.Hooks.AfterFlip()
 	}
 	return sum, nil
+}
+
+// disarm removes the fence after a failed cutover: on the cutover's own
+// session, or, when a failure broke that one, on fresh sessions for up to
+// 30 seconds.
+func (c *Cutover) disarm(mv Move) error {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	err := state.DisarmFence(ctx, c.src, mv.Schema, mv.Tenant, mv.JobID)
+	for err != nil && c.Reconnect != nil && ctx.Err() == nil {
+		var conn *pgx.Conn
+		if conn, err = c.Reconnect(ctx); err == nil {
+			err = state.DisarmFence(ctx, conn, mv.Schema, mv.Tenant, mv.JobID)
+			conn.Close(context.Background())
+		}
+		if err != nil {
+			select {
+			case <-ctx.Done():
+			case <-time.After(500 * time.Millisecond):
+			}
+		}
+	}
+	return err
 }

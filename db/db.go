@@ -52,7 +52,19 @@ func Config(side Side, dsn, app string) (*pgx.ConnConfig, error) {
 	}
 	cfg.RuntimeParams["application_name"] = app
 	cfg.BuildContextWatcherHandler = cancelRequests
+	boundConnect(&cfg.Config)
 	return cfg, nil
+}
+
+// ConnectTimeout bounds a connection attempt when the connection string
+// sets no connect_timeout: a network that swallows packets must not hang
+// a reconnect forever.
+const ConnectTimeout = 15 * time.Second
+
+func boundConnect(c *pgconn.Config) {
+	if c.ConnectTimeout == 0 {
+		c.ConnectTimeout = ConnectTimeout
+	}
 }
 
 // cancelRequests makes a cancelled context send a CancelRequest at once,
@@ -111,6 +123,7 @@ func OpenReplication(ctx context.Context, dsn string, extra map[string]string) (
 	}
 	pc.RuntimeParams["replication"] = "database"
 	pc.RuntimeParams["application_name"] = "promoted-stream"
+	boundConnect(pc)
 	for k, v := range extra {
 		pc.RuntimeParams[k] = v
 	}

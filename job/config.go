@@ -45,6 +45,12 @@ type Config struct {
 	SlotTimeout time.Duration
 	// ProgressInterval is how often progress is logged.
 	ProgressInterval time.Duration
+	// MaxRetainedWAL is the most WAL the move's slot may hold back on the
+	// source: past it the slot is dropped and the move stops.
+	MaxRetainedWAL ByteSize
+	// RetryFor is how long the catch-up keeps reconnecting after a
+	// transient failure before it gives up with an error.
+	RetryFor time.Duration
 
 	// Promote ends the move with a cutover once the lag allows; without
 	// it the job replicates until stopped.
@@ -68,6 +74,9 @@ func (c *Config) BindMove(fs *pflag.FlagSet) {
 	fs.StringSliceVar(&c.Tables, "tables", nil, "tables to move (default: every table of --schema with the tenant column)")
 	fs.DurationVar(&c.SlotTimeout, "slot-timeout", time.Minute, "how long slot creation may wait for older source transactions to end")
 	fs.DurationVar(&c.ProgressInterval, "progress-interval", 5*time.Second, "how often progress is logged")
+	fs.DurationVar(&c.RetryFor, "retry-for", 10*time.Minute, "how long the catch-up keeps reconnecting after a lost connection or a restart before it gives up")
+	c.MaxRetainedWAL = DefaultMaxRetainedWAL
+	fs.Var(&c.MaxRetainedWAL, "max-retained-wal", "the most WAL the move's slot may hold back on the source (e.g. 8GB); past it the slot is dropped and the move stops, so the source's disk never fills")
 }
 
 // BindCopy registers the flags of a move that starts by copying (replicate
@@ -127,6 +136,18 @@ func (c *Config) Validate() error {
 		return usage(fmt.Errorf("--slot-timeout %s is negative: pass a duration such as 1m", c.SlotTimeout))
 	case c.SlotTimeout == 0:
 		c.SlotTimeout = time.Minute
+	}
+	switch {
+	case c.MaxRetainedWAL < 0:
+		return usage(fmt.Errorf("--max-retained-wal %d is negative: pass a size such as 8GB", c.MaxRetainedWAL))
+	case c.MaxRetainedWAL == 0:
+		c.MaxRetainedWAL = DefaultMaxRetainedWAL
+	}
+	switch {
+	case c.RetryFor < 0:
+		return usage(fmt.Errorf("--retry-for %s is negative: pass a duration such as 10m", c.RetryFor))
+	case c.RetryFor == 0:
+		c.RetryFor = 10 * time.Minute
 	}
 	switch {
 	case c.ProgressInterval < 0:

@@ -3,6 +3,7 @@ package job
 import (
 	"context"
 	"errors"
+	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -232,6 +233,44 @@ func TestFlipCommitAnswerLost(t *testing.T) {
 				t.Fatalf("rerun summary %+v, want the flip recognised (version 2)", sum)
 			}
 			checkCatalogAndSource(t, ctx, p, 2)
+		})
+	}
+}
+
+// TestDriftStopsTheCutover changes a moved table's definition on the
+// source while tenant 1 catches up, in ways the stream cannot see when
+// the tenant does not write the table (a typmod, a collation, NOT NULL),
+// or removes a table from the publication: the cutover finds it under the
+// fence and refuses to flip, leaving the catalog unchanged and the tenant
+// unfenced.
+func TestDriftStopsTheCutover(t *testing.T) {
+	for _, tc := range []struct{ name, ddl, want string }{
+		{"typmod", `ALTER TABLE orders ALTER total TYPE numeric(14,2)`, "numeric(14,2)"},
+		{"collation", `ALTER TABLE customers ALTER name TYPE text COLLATE "C"`, `COLLATE "C"`},
+		{"not_null", `UPDATE orders SET note = 'n' WHERE note IS NULL; ALTER TABLE orders ALTER note SET NOT NULL`, "is now text NOT NULL"},
+		{"publication", `ALTER PUBLICATION %s DROP TABLE events`, "publication"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			ctx := context.Background()
+			p := newPromotion(t, true)
+			p.job.Hooks.BeforeCutover = func(context.Context) {
+				ddl := tc.ddl
+				if strings.Contains(ddl, "%s") {
+					ddl = fmt.Sprintf(ddl, p.job.names.Publication)
+				}
+				mustExec(t, ctx, p.srcDSN, ddl)
+			}
+			err := p.job.Run(ctx)
+			if err == nil || !strings.Contains(err.Error(), tc.want) || !strings.Contains(err.Error(), "catalog unchanged") {
+				t.Fatalf("promote after %s: %v, want a refusal naming the change", tc.ddl, err)
+			}
+			t.Logf("refusal: %v", err)
+			if v := queryOne[int64](t, ctx, p.srcDSN, `SELECT version FROM promoted.tenant_catalog WHERE tenant_id = '1'`); v != 1 {
+				t.Errorf("catalog version %d after the refusal, want 1", v)
+			}
+			if n := queryOne[int64](t, ctx, p.srcDSN, `SELECT count(*) FROM promoted.fence`); n != 0 {
+				t.Errorf("%d fences armed after the refusal", n)
+			}
 		})
 	}
 }

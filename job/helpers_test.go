@@ -100,13 +100,6 @@ var movedTables = testenv.MovedTables
 
 func tableList() string { return strings.Join(movedTables, ",") }
 
-func seed(t testing.TB, ctx context.Context, dsn string, scale int) {
-	t.Helper()
-	if err := testenv.SeedSaaS(ctx, dsn, scale/5, 5); err != nil {
-		t.Fatal(err)
-	}
-}
-
 func load(t testing.TB, ctx context.Context, dsn string, tenants []int, perTenant int) func() []*testenv.Writer {
 	t.Helper()
 	stop, err := testenv.Load(ctx, dsn, tenants, perTenant)
@@ -131,4 +124,16 @@ func waitCatchup(t testing.TB, j *Job, done chan error) {
 			t.Fatal("timed out after 1m waiting for the catch-up")
 		}
 	}
+}
+
+// queryOne returns the single value of q.
+func queryOne[T any](t testing.TB, ctx context.Context, dsn, q string, args ...any) T {
+	t.Helper()
+	c := connectPinned(t, ctx, dsn)
+	defer c.Close(ctx)
+	var v T
+	if err := c.QueryRow(ctx, q, args...).Scan(&v); err != nil {
+		t.Fatalf("%v\n%s", err, q)
+	}
+	return v
 }

@@ -65,6 +65,9 @@ type Job struct {
 	gate *gate
 	// verifying holds a token while a live verification runs.
 	verifying chan struct{}
+	lease     *lease
+	// overBudget is set when the retained-WAL budget stopped the move.
+	overBudget atomic.Pointer[errOverBudget]
 	// verified is the result of a verify-only run; preVerified of the
 	// cutover's full comparison before the fence.
 	verified, preVerified *verify.Result
@@ -78,6 +81,11 @@ type Job struct {
 	// StallAfter is how long the apply may stand still while behind
 	// before it is reported as stalled (0: DefaultStallAfter).
 	StallAfter time.Duration
+}
+
+// watchInterval is how often the slot's retained WAL is read.
+func (j *Job) watchInterval() time.Duration {
+	return min(j.cfg.ProgressInterval, 5*time.Second)
 }
 
 func (j *Job) stallAfter() time.Duration {
@@ -175,8 +183,10 @@ func (j *Job) run(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	defer src.Close(context.Background())
 	j.src = src
+	// A retry may replace the session and the lease: close whichever is
+	// current at the end.
+	defer func() { j.src.Close(context.Background()) }()
 	dst, err := db.Open(ctx, db.Target, j.cfg.TargetDSN, "promoted")
 	if err != nil {
 		return err
@@ -213,11 +223,11 @@ func (j *Job) run(ctx context.Context) error {
 	j.ID = JobID(dbName, j.cfg.Schema, plan.Tenant())
 	j.names = snapshot.NamesFor(j.ID)
 	j.log = j.log.With("job", j.ID)
-	lease, err := acquireLease(ctx, j.cfg.SourceDSN, j.ID, plan.Tenant())
+	j.lease, err = acquireLease(ctx, j.cfg.SourceDSN, j.ID, plan.Tenant())
 	if err != nil {
 		return err
 	}
-	defer lease.release()
+	defer func() { j.lease.release() }()
 	if err := checkSlots(ctx, src, j.names.Slot); err != nil {
 		return err
 	}
@@ -261,6 +271,10 @@ func (j *Job) run(ctx context.Context) error {
 	for _, n := range plan.Notes {
 		j.log.Warn(n, "stage", "plan")
 	}
+	var keep string
+	if err := src.QueryRow(ctx, `SELECT current_setting('max_slot_wal_keep_size')`).Scan(&keep); err == nil && keep == "-1" {
+		j.log.Warn("the source has max_slot_wal_keep_size = -1: while promoted runs it drops a slot past --max-retained-wal, but a move left stopped keeps its slot's WAL without limit; set max_slot_wal_keep_size on the source as its own backstop", "stage", "plan")
+	}
 	for _, t := range plan.Tables {
 		mode := "server row filter"
 		if !t.ServerFilter {
@@ -275,9 +289,21 @@ func (j *Job) run(ctx context.Context) error {
 	if j.cfg.Promote {
 		kind = state.KindPromote
 	}
-	if err := state.RecordJob(ctx, src, &state.Job{ID: j.ID, Tenant: plan.Tenant(), Schema: j.cfg.Schema, Kind: kind,
+	record := &state.Job{ID: j.ID, Tenant: plan.Tenant(), Schema: j.cfg.Schema, Kind: kind,
 		Target: db.Redact(j.cfg.TargetDSN), TargetSchema: j.cfg.TargetSchema, TenantColumn: j.cfg.TenantColumn,
-		TenantType: plan.TenantType(), Tables: plan.TableNames(), Phase: state.PhasePrepare}); err != nil {
+		TenantType: plan.TenantType(), Tables: plan.TableNames(), Phase: state.PhasePrepare}
+	if fresh {
+		record.Definitions = plan.Definitions
+	} else if rec != nil && rec.Definitions != nil {
+		// The target was built from the definitions the copy began with;
+		// a change since (even while no promoted ran) stops the move.
+		planned := plan.Definitions
+		plan.Definitions = rec.Definitions
+		if err := plan.DriftFrom(planned); err != nil {
+			return err
+		}
+	}
+	if err := state.RecordJob(ctx, src, record); err != nil {
 		return err
 	}
 	if j.cfg.FixReplicaIdentity {
@@ -292,7 +318,7 @@ func (j *Job) run(ctx context.Context) error {
 		}
 	}
 	if !fresh {
-		return j.resume(ctx, src, prog)
+		return j.followAfter(ctx, nil)
 	}
 	if prog != nil {
 		// A crash during the copy (the exported snapshot died with the
@@ -348,7 +374,7 @@ func (j *Job) runVerify(ctx context.Context, rec *state.Job, prog *state.Progres
 	if prog.TargetSchema != j.cfg.TargetSchema {
 		return fmt.Errorf("the target records this move into schema %q, not %q: pass --target-schema %s", prog.TargetSchema, j.cfg.TargetSchema, prog.TargetSchema)
 	}
-	return j.resume(ctx, j.src, prog)
+	return j.followAfter(ctx, nil)
 }
 
 // restart removes what an interrupted copy or a cancelled move left: the
@@ -418,7 +444,17 @@ func (j *Job) start(ctx context.Context, src, dst *pgx.Conn) error {
 	j.mu.Unlock()
 	start := time.Now()
 	stopProgress := j.reportProgress(ctx)
-	results, err := copier.Run(ctx)
+	cg, cctx := errgroup.WithContext(ctx)
+	wctx, stopWatch := context.WithCancel(cctx)
+	var results map[*promoted.Table]*snapshot.TableResult
+	cg.Go(func() error {
+		defer stopWatch()
+		var err error
+		results, err = copier.Run(cctx)
+		return err
+	})
+	cg.Go(func() error { return j.watchSlot(wctx, j.watchInterval()) })
+	err = j.budgetErr(cg.Wait())
 	stopProgress()
 	if err != nil {
 		return err
@@ -458,49 +494,11 @@ func (j *Job) start(ctx context.Context, src, dst *pgx.Conn) error {
 		return err
 	}
 	ok = true
-	return j.catchup(ctx, repl, slot.ConsistentPoint)
-}
-
-// resume continues a job whose copy finished: the slot must still be
-// there, and must not be ahead of the target.
-func (j *Job) resume(ctx context.Context, src *pgx.Conn, prog *state.Progress) error {
-	slot, err := snapshot.ReadSlot(ctx, src, j.names.Slot)
-	if err != nil {
-		return err
+	err = j.catchup(ctx, repl, slot.ConsistentPoint)
+	if db.Transient(err) && ctx.Err() == nil {
+		return j.followAfter(ctx, err)
 	}
-	again := fmt.Sprintf("run `promoted cancel --source ... --tenant %s --schema %s`, then the same command again: it copies the tenant anew", j.cfg.Tenant, j.cfg.Schema)
-	if !slot.Exists {
-		return fmt.Errorf("the move's replication slot %s is gone from the source, so changes since %s cannot be streamed: %s", j.names.Slot, prog.Applied, again)
-	}
-	if slot.WALStatus == "lost" {
-		return fmt.Errorf("the move's replication slot %s lost WAL it needed (max_slot_wal_keep_size): %s", j.names.Slot, again)
-	}
-	if slot.ConfirmedFlush > prog.Applied {
-		return fmt.Errorf("the slot %s was acknowledged up to %s but the target holds changes only up to %s, so changes in between would be lost (was the slot recreated?): %s", j.names.Slot, slot.ConfirmedFlush, prog.Applied, again)
-	}
-	if slot.Active {
-		// A killed daemon's walsender may linger until it notices.
-		if _, err := src.Exec(ctx, `SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots WHERE slot_name = $1`, j.names.Slot); err != nil {
-			return fmt.Errorf("end the slot's old walsender: %w", err)
-		}
-	}
-	j.log.Info("resuming", "stage", "catchup", "from", prog.Applied.String())
-	var repl *pgconn.PgConn
-	for attempt := 0; ; attempt++ {
-		repl, err = snapshot.ConnectReplication(ctx, j.cfg.SourceDSN, j.cfg.SlotTimeout)
-		if err != nil {
-			return err
-		}
-		err = j.catchup(ctx, repl, prog.Applied)
-		repl.Close(context.Background())
-		var pgErr *pgconn.PgError
-		// 55006: the old walsender still holds the slot for a moment.
-		if errors.As(err, &pgErr) && pgErr.Code == "55006" && attempt < 50 {
-			time.Sleep(100 * time.Millisecond)
-			continue
-		}
-		return err
-	}
+	return err
 }
 
 func (j *Job) catchup(ctx context.Context, repl *pgconn.PgConn, from promoted.LSN) error {
@@ -538,13 +536,14 @@ func (j *Job) catchup(ctx context.Context, repl *pgconn.PgConn, from promoted.LS
 	stop := j.reportProgress(gctx)
 	defer stop()
 	g.Go(func() error { return st.Run(gctx, from, gated) })
+	g.Go(func() error { return j.watchSlot(gctx, j.watchInterval()) })
 	if j.cfg.Promote {
 		g.Go(func() error { return j.cutover(gctx, st, sink) })
 	}
 	if j.cfg.VerifyOnly {
 		g.Go(func() error { return j.verifyOnce(gctx) })
 	}
-	err = g.Wait()
+	err = j.budgetErr(g.Wait())
 	if errors.Is(err, errVerified) {
 		return nil
 	}

@@ -9,13 +9,23 @@ var (
 	lagBytes = promauto.NewGaugeVec(prometheus.GaugeOpts{
 		Name: "promoted_job_lag_bytes", Help: "WAL bytes between the source's reported end and what the target has durably applied.",
 	}, []string{"tenant"})
+	retries = promauto.NewCounterVec(prometheus.CounterOpts{
+		Name: "promoted_job_retries_total", Help: "Times the move reconnected and resumed after a transient failure (a connection lost, a server restarting).",
+	}, []string{"tenant"})
+	retainedBytes = promauto.NewGaugeVec(prometheus.GaugeOpts{
+		Name: "promoted_job_retained_wal_bytes", Help: "WAL the move's slot holds back on the source (pg_current_wal_lsn() - restart_lsn).",
+	}, []string{"tenant"})
 	stalledSeconds = promauto.NewGaugeVec(prometheus.GaugeOpts{
 		Name: "promoted_job_apply_stalled_seconds", Help: "How long the target has applied nothing while behind the source (0 while it advances or is caught up).",
 	}, []string{"tenant"})
 )
 
-type metrics struct{ lag, stalled prometheus.Gauge }
+type metrics struct {
+	lag, stalled, retained prometheus.Gauge
+	retries                prometheus.Counter
+}
 
 func newMetrics(tenant string) *metrics {
-	return &metrics{lag: lagBytes.WithLabelValues(tenant), stalled: stalledSeconds.WithLabelValues(tenant)}
+	return &metrics{lag: lagBytes.WithLabelValues(tenant), stalled: stalledSeconds.WithLabelValues(tenant),
+		retained: retainedBytes.WithLabelValues(tenant), retries: retries.WithLabelValues(tenant)}
 }

@@ -137,6 +137,13 @@ func checkTarget(ctx context.Context, dst *pgx.Conn, tables []*promoted.Table) e
 		if !exists {
 			continue
 		}
+		var may bool
+		if err := dst.QueryRow(ctx, `SELECT has_table_privilege($1, 'SELECT, INSERT, UPDATE, DELETE')`, name).Scan(&may); err != nil {
+			return fmt.Errorf("check target %s.%s: %w", t.TargetSchema, t.TargetName, err)
+		}
+		if !may {
+			return fmt.Errorf("target table %s.%s exists and the target role may not read and write it: GRANT SELECT, INSERT, UPDATE, DELETE ON %s to the role, or choose another --target-schema", t.TargetSchema, t.TargetName, name)
+		}
 		var any bool
 		if err := dst.QueryRow(ctx, "SELECT EXISTS (SELECT 1 FROM "+name+" WHERE "+t.TenantPredicate()+")").Scan(&any); err != nil {
 			return fmt.Errorf("check target %s.%s: %w", t.TargetSchema, t.TargetName, err)

@@ -22,6 +22,19 @@ import (
 // errFlipped stops the stream once the catalog has flipped.
 var errFlipped = errors.New("catalog flipped")
 
+// stopError ends the move with an error that reconnecting cannot fix: a
+// cutover that failed (and disarmed) is for the operator to rerun, not
+// for the catch-up to retry on its own.
+type stopError struct{ err error }
+
+func (e *stopError) Error() string { return e.err.Error() }
+func (e *stopError) Unwrap() error { return e.err }
+
+// Fatal marks the error as one the catch-up does not retry.
+func (e *stopError) Fatal() bool { return true }
+
+func stop(err error) error { return &stopError{err: err} }
+
 // Summary is what a promotion did, for the report `promote` prints and for
 // tests.
 type Summary struct {
@@ -114,7 +127,7 @@ func (j *Job) cutover(ctx context.Context, st *stream.Stream, sink *apply.Postgr
 			if perr := state.SetJobPhase(context.Background(), src, j.ID, state.PhaseFailed, err.Error(), nil); perr != nil {
 				j.log.Error("record the failed verification", "err", perr)
 			}
-			return fmt.Errorf("cutover: %w", err)
+			return stop(fmt.Errorf("cutover: %w", err))
 		}
 	}
 	lag, err := j.waitCaughtUp(ctx, src, st, sink)
@@ -136,6 +149,10 @@ func (j *Job) cutover(ctx context.Context, st *stream.Stream, sink *apply.Postgr
 	}
 	j.setPhase("cutover")
 	c := cutover.New(j.cfg.Cutover, src, dst, cat, j.cfg.Tenant, j.log.With("stage", "cutover"))
+	c.Drift = func(ctx context.Context, src *pgx.Conn) error { return j.plan.Drift(ctx, src, j.names.Publication) }
+	c.Reconnect = func(ctx context.Context) (*pgx.Conn, error) {
+		return db.Open(ctx, db.Source, j.cfg.SourceDSN, "promoted-cutover")
+	}
 	c.Hooks = j.Hooks.Cutover
 	c.Check = check
 	sum, err := c.Run(ctx, cutover.Move{JobID: j.ID, Tenant: j.plan.Tenant(), Schema: j.cfg.Schema,
@@ -144,7 +161,7 @@ func (j *Job) cutover(ctx context.Context, st *stream.Stream, sink *apply.Postgr
 		if perr := state.SetJobPhase(context.Background(), src, j.ID, state.PhaseFailed, err.Error(), nil); perr != nil {
 			j.log.Error("record failed cutover", "err", perr)
 		}
-		return fmt.Errorf("cutover: %w", err)
+		return stop(fmt.Errorf("cutover: %w", err))
 	}
 	blocked := sum.Blocked.Milliseconds()
 	if err := state.SetJobPhase(ctx, src, j.ID, state.PhaseFlipped, "", &blocked); err != nil {

@@ -332,11 +332,11 @@ func TestSecondPromoteRefused(t *testing.T) {
 // key.
 func TestVerifyLive(t *testing.T) {
 	ctx := context.Background()
-	srcDSN, dstDSN := src.NewDB(t), dst.NewDB(t)
-	seed(t, ctx, srcDSN, 300)
-	stopLoad := load(t, ctx, srcDSN, []int{1, 2}, 2)
+	s, d := src.NewSaaS(t, 60, 5), dst.NewTenantDB(t)
+	dstDSN := d.Admin
+	stopLoad := load(t, ctx, s.App, []int{1, 2}, 2)
 	defer stopLoad()
-	j, err := New(Config{SourceDSN: srcDSN, TargetDSN: dstDSN, Tenant: "1", Tables: movedTables}, testLogger(t))
+	j, err := New(Config{SourceDSN: s.Mover, TargetDSN: d.Mover, Tenant: "1", Tables: movedTables}, testLogger(t))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -359,16 +359,16 @@ func TestVerifyLive(t *testing.T) {
 	// Damage the target behind the apply's back: a changed row, a missing
 	// one, an extra one.
 	var changed, missing int64
-	d := connectPinned(t, ctx, dstDSN)
-	defer d.Close(ctx)
-	if err := d.QueryRow(ctx, `SELECT min(id), max(id) FROM public.customers WHERE tenant_id = 1`).Scan(&changed, &missing); err != nil {
+	dc := connectPinned(t, ctx, dstDSN)
+	defer dc.Close(ctx)
+	if err := dc.QueryRow(ctx, `SELECT min(id), max(id) FROM public.customers WHERE tenant_id = 1`).Scan(&changed, &missing); err != nil {
 		t.Fatal(err)
 	}
 	for _, q := range []string{`SET session_replication_role = replica`,
 		fmt.Sprintf(`UPDATE public.customers SET name = 'corrupted' WHERE tenant_id = 1 AND id = %d`, changed),
 		fmt.Sprintf(`DELETE FROM public.customers WHERE tenant_id = 1 AND id = %d`, missing),
 		`INSERT INTO public.customers (tenant_id, id, email) VALUES (1, 999999999, 'extra@example.com')`} {
-		if _, err := d.Exec(ctx, q); err != nil {
+		if _, err := dc.Exec(ctx, q); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -435,9 +435,9 @@ func TestFlipSQLAndNotify(t *testing.T) {
 // it on the server, with the same rows in the end.
 func TestFixReplicaIdentity(t *testing.T) {
 	ctx := context.Background()
-	srcDSN, dstDSN := src.NewDB(t), dst.NewDB(t)
-	seed(t, ctx, srcDSN, 100)
-	j, err := New(Config{SourceDSN: srcDSN, TargetDSN: dstDSN, Tenant: "1", Tables: []string{"events"}, FixReplicaIdentity: true}, testLogger(t))
+	s, d := src.NewSaaS(t, 20, 5), dst.NewTenantDB(t)
+	srcDSN, dstDSN := s.Admin, d.Admin
+	j, err := New(Config{SourceDSN: s.Mover, TargetDSN: d.Mover, Tenant: "1", Tables: []string{"events"}, FixReplicaIdentity: true}, testLogger(t))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -449,10 +449,10 @@ func TestFixReplicaIdentity(t *testing.T) {
 	if !j.Tables()[0].ServerFilter {
 		t.Fatal("events is still filtered by promoted after --fix-replica-identity")
 	}
-	s := connectPinned(t, ctx, srcDSN)
-	defer s.Close(ctx)
+	sc := connectPinned(t, ctx, srcDSN)
+	defer sc.Close(ctx)
 	var ident, filter string
-	if err := s.QueryRow(ctx, `SELECT c.relreplident::text, coalesce(pg_get_expr(pr.prqual, pr.prrelid), '')
+	if err := sc.QueryRow(ctx, `SELECT c.relreplident::text, coalesce(pg_get_expr(pr.prqual, pr.prrelid), '')
 	    FROM pg_class c JOIN pg_publication_rel pr ON pr.prrelid = c.oid WHERE c.relname = 'events'`).Scan(&ident, &filter); err != nil {
 		t.Fatal(err)
 	}
@@ -460,7 +460,7 @@ func TestFixReplicaIdentity(t *testing.T) {
 		t.Fatalf("events: replica identity %q, row filter %q; want an index identity and a tenant filter", ident, filter)
 	}
 	// Updates and deletes of every tenant still work under the filter.
-	mustExec(t, ctx, srcDSN, `UPDATE events SET kind = 'moved' WHERE tenant_id IN (1, 2) AND id % 3 = 0;
+	mustExec(t, ctx, s.App, `UPDATE events SET kind = 'moved' WHERE tenant_id IN (1, 2) AND id % 3 = 0;
 		DELETE FROM events WHERE tenant_id IN (1, 3) AND id % 5 = 0; UPDATE events SET tenant_id = 1 WHERE tenant_id = 2 AND id % 7 = 0`)
 	end := currentLSN(t, ctx, srcDSN)
 	waitFor(t, 60*time.Second, "target to reach "+end.String(), func() bool { return j.Applied() >= end })

@@ -56,14 +56,14 @@ func TestReplicateUnderLoad(t *testing.T) {
 	}{{"same_database", false}, {"second_cluster", true}} {
 		t.Run(tc.name, func(t *testing.T) {
 			ctx := context.Background()
-			srcDSN := src.NewDB(t)
-			seed(t, ctx, srcDSN, 300)
-			dstDSN, dstSchema := srcDSN, "tenant_1"
+			s := src.NewSaaS(t, 60, 5)
+			d, dstSchema := s, "tenant_1"
 			if tc.second {
-				dstDSN, dstSchema = dst.NewDB(t), "public"
+				d, dstSchema = dst.NewTenantDB(t), "public"
 			}
-			stopLoad := load(t, ctx, srcDSN, []int{1, 2, 3}, 2)
-			j, err := New(Config{SourceDSN: srcDSN, TargetDSN: dstDSN, Tenant: "1", TargetSchema: dstSchema,
+			srcDSN, dstDSN := s.Admin, d.Admin
+			stopLoad := load(t, ctx, s.App, []int{1, 2, 3}, 2)
+			j, err := New(Config{SourceDSN: s.Mover, TargetDSN: d.Mover, Tenant: "1", TargetSchema: dstSchema,
 				Tables: movedTables}, testLogger(t))
 			if err != nil {
 				t.Fatal(err)

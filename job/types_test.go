@@ -77,13 +77,14 @@ $$;
 // row later updated by a statement that does not touch it, and NULLs.
 func TestTypesSurviveSnapshotAndStream(t *testing.T) {
 	ctx := context.Background()
-	srcDSN, dstDSN := src.NewDB(t), dst.NewDB(t)
-	mustExec(t, ctx, srcDSN, kindsSchema+`
+	s, d := src.NewTenantDB(t), dst.NewTenantDB(t)
+	srcDSN, dstDSN := s.Admin, d.Admin
+	mustExec(t, ctx, s.Owner, kindsSchema+`
 SELECT add_kinds(7, 1, 200); SELECT add_kinds(8, 1, 50);`)
 	// Shift the target's type OIDs away from the source's, as in any real
 	// pair of databases, so binary COPY of an array of an enum would fail.
 	mustExec(t, ctx, dstDSN, `CREATE TYPE oid_shift1 AS ENUM ('x'); CREATE TYPE oid_shift2 AS (a int)`)
-	j, err := New(Config{SourceDSN: srcDSN, TargetDSN: dstDSN, Tenant: "7", Schema: "app", Tables: []string{"kinds"}}, testLogger(t))
+	j, err := New(Config{SourceDSN: s.Mover, TargetDSN: d.Mover, Tenant: "7", Schema: "app", Tables: []string{"kinds"}}, testLogger(t))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -109,10 +110,10 @@ UPDATE kinds SET small = -1 WHERE tenant_id = 8;`)
 		t.Fatalf("clean stop returned %v", err)
 	}
 	// The TOASTed values must have come through whole, not as NULL.
-	s := connectPinned(t, ctx, dstDSN)
-	defer s.Close(ctx)
+	tc := connectPinned(t, ctx, dstDSN)
+	defer tc.Close(ctx)
 	var n int
-	if err := s.QueryRow(ctx, `SELECT count(*) FROM app.kinds WHERE id IN (3, 6, 1002, 1005) AND length(big) = 9600`).Scan(&n); err != nil || n != 4 {
+	if err := tc.QueryRow(ctx, `SELECT count(*) FROM app.kinds WHERE id IN (3, 6, 1002, 1005) AND length(big) = 9600`).Scan(&n); err != nil || n != 4 {
 		t.Fatalf("TOASTed values after an update that did not touch them: %d of 4 intact (%v)", n, err)
 	}
 }
@@ -143,9 +144,9 @@ func compareKinds(t *testing.T, ctx context.Context, srcDSN, dstDSN string) {
 // job with a clear error and is never replayed: the target keeps its rows.
 func TestTruncateStopsTheMove(t *testing.T) {
 	ctx := context.Background()
-	srcDSN, dstDSN := src.NewDB(t), dst.NewDB(t)
-	seed(t, ctx, srcDSN, 100)
-	j, err := New(Config{SourceDSN: srcDSN, TargetDSN: dstDSN, Tenant: "1", Tables: movedTables}, testLogger(t))
+	s, d := src.NewSaaS(t, 20, 5), dst.NewTenantDB(t)
+	srcDSN, dstDSN := s.Admin, d.Admin
+	j, err := New(Config{SourceDSN: s.Mover, TargetDSN: d.Mover, Tenant: "1", Tables: movedTables}, testLogger(t))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -155,9 +156,9 @@ func TestTruncateStopsTheMove(t *testing.T) {
 	mustExec(t, ctx, srcDSN, `INSERT INTO events (tenant_id, kind) VALUES (1, 'before truncate')`)
 	end := currentLSN(t, ctx, srcDSN)
 	waitFor(t, 60*time.Second, "target to reach "+end.String(), func() bool { return j.Applied() >= end })
-	d := connectPinned(t, ctx, dstDSN)
-	defer d.Close(ctx)
-	before := rowsOf(t, ctx, d, `SELECT x::text FROM public.events x ORDER BY id`)
+	dc := connectPinned(t, ctx, dstDSN)
+	defer dc.Close(ctx)
+	before := rowsOf(t, ctx, dc, `SELECT x::text FROM public.events x ORDER BY id`)
 	mustExec(t, ctx, srcDSN, `TRUNCATE events; INSERT INTO events (tenant_id, kind) VALUES (1, 'after truncate')`)
 	var runErr error
 	select {
@@ -170,7 +171,7 @@ func TestTruncateStopsTheMove(t *testing.T) {
 		t.Fatalf("job ended with %v, want a TRUNCATE error", runErr)
 	}
 	t.Logf("error: %v", runErr)
-	after := rowsOf(t, ctx, d, `SELECT x::text FROM public.events x ORDER BY id`)
+	after := rowsOf(t, ctx, dc, `SELECT x::text FROM public.events x ORDER BY id`)
 	if len(before) == 0 || len(after) != len(before) {
 		t.Fatalf("target events: %d rows before the TRUNCATE, %d after", len(before), len(after))
 	}

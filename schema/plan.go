@@ -57,6 +57,9 @@ type Plan struct {
 	// keys reference it: deleting the tenant's rows must empty the
 	// children first.
 	Children map[*promoted.Table][]*promoted.Table
+	// Definitions are the moved tables' column definitions as planned
+	// (see Drift).
+	Definitions map[string]string
 	// ReferencedBy lists foreign keys of tables that are not moved into
 	// tables that are: after a promotion their rows would point at rows
 	// that cleanup deletes (or, ON DELETE CASCADE, be deleted with them).
@@ -113,6 +116,9 @@ func Load(ctx context.Context, conn *pgx.Conn, cfg Config) (*Plan, error) {
 		if err := p.readTenant(ctx, tx, t); err != nil {
 			return nil, err
 		}
+	}
+	if p.Definitions, err = definitions(ctx, tx, p.Tables); err != nil {
+		return nil, err
 	}
 	// Then the DDL, printed relative to the source schema so that names in
 	// it resolve to the target schema on the target.

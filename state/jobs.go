@@ -46,11 +46,15 @@ type Job struct {
 	// cast --tenant to it to find the move (042 and 42 are one tenant).
 	TenantType string
 	Tables     []string
-	Phase      string
-	Outcome    string
-	BlockedMS  *int64
-	StartedAt  time.Time
-	UpdatedAt  time.Time
+	// Definitions are the moved tables' column definitions when the copy
+	// began: a change made since, even while no promoted ran, stops the
+	// move before the flip.
+	Definitions map[string]string
+	Phase       string
+	Outcome     string
+	BlockedMS   *int64
+	StartedAt   time.Time
+	UpdatedAt   time.Time
 }
 
 // Active reports whether the move may still need its fence triggers and
@@ -64,13 +68,16 @@ func RecordJob(ctx context.Context, q Querier, j *Job) error {
 	if err := EnsureSource(ctx, q); err != nil {
 		return err
 	}
+	// Definitions are replaced only when given (a move that starts its
+	// copy); a resumed move keeps those its copy began with.
 	_, err := q.Exec(ctx, `INSERT INTO promoted.jobs (job_id, tenant_id, schema_name, kind, target, phase,
-	        tenant_column, tenant_type, target_schema, tables)
-	    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
+	        tenant_column, tenant_type, target_schema, tables, definitions)
+	    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
 	    ON CONFLICT (job_id) DO UPDATE SET kind = EXCLUDED.kind, target = EXCLUDED.target, phase = EXCLUDED.phase,
 	        tenant_column = EXCLUDED.tenant_column, tenant_type = EXCLUDED.tenant_type,
-	        target_schema = EXCLUDED.target_schema, tables = EXCLUDED.tables, outcome = NULL, updated_at = now()`,
-		j.ID, j.Tenant, j.Schema, j.Kind, j.Target, j.Phase, j.TenantColumn, j.TenantType, j.TargetSchema, j.Tables)
+	        target_schema = EXCLUDED.target_schema, tables = EXCLUDED.tables,
+	        definitions = coalesce(EXCLUDED.definitions, promoted.jobs.definitions), outcome = NULL, updated_at = now()`,
+		j.ID, j.Tenant, j.Schema, j.Kind, j.Target, j.Phase, j.TenantColumn, j.TenantType, j.TargetSchema, j.Tables, j.Definitions)
 	if err != nil {
 		return fmt.Errorf("record the move on the source: %w", err)
 	}
@@ -78,12 +85,12 @@ func RecordJob(ctx context.Context, q Querier, j *Job) error {
 }
 
 const jobColumns = `job_id, tenant_id, schema_name, kind, target, phase, coalesce(outcome, ''), blocked_ms, started_at, updated_at,
-    coalesce(tenant_column, ''), coalesce(tenant_type, ''), coalesce(target_schema, ''), coalesce(tables, '{}')`
+    coalesce(tenant_column, ''), coalesce(tenant_type, ''), coalesce(target_schema, ''), coalesce(tables, '{}'), definitions`
 
 func scanJob(row pgx.Row) (*Job, error) {
 	j := &Job{}
 	err := row.Scan(&j.ID, &j.Tenant, &j.Schema, &j.Kind, &j.Target, &j.Phase, &j.Outcome, &j.BlockedMS, &j.StartedAt, &j.UpdatedAt,
-		&j.TenantColumn, &j.TenantType, &j.TargetSchema, &j.Tables)
+		&j.TenantColumn, &j.TenantType, &j.TargetSchema, &j.Tables, &j.Definitions)
 	return j, err
 }
 

@@ -46,6 +46,7 @@ ALTER TABLE promoted.jobs ADD COLUMN IF NOT EXISTS tenant_column text;
 ALTER TABLE promoted.jobs ADD COLUMN IF NOT EXISTS tenant_type text;
 ALTER TABLE promoted.jobs ADD COLUMN IF NOT EXISTS target_schema text;
 ALTER TABLE promoted.jobs ADD COLUMN IF NOT EXISTS tables text[];
+ALTER TABLE promoted.jobs ADD COLUMN IF NOT EXISTS definitions jsonb;
 CREATE TABLE IF NOT EXISTS promoted.fence (
     schema_name text NOT NULL,
     tenant_id   text NOT NULL,

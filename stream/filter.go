@@ -15,6 +15,9 @@ import (
 // (hazards.md 4.6).
 type ErrForeignRow struct{ Table string }
 
+// Fatal marks the error as one no retry can fix.
+func (e *ErrForeignRow) Fatal() bool { return true }
+
 func (e *ErrForeignRow) Error() string {
 	return fmt.Sprintf("a row of another tenant arrived for %s although its publication filters by tenant: the publication was altered during the move; cancel the move with `promoted cancel` and start again", e.Table)
 }
@@ -26,6 +29,9 @@ type ErrTruncate struct {
 	Tables []string
 	LSN    promoted.LSN
 }
+
+// Fatal marks the error as one no retry can fix.
+func (e *ErrTruncate) Fatal() bool { return true }
 
 func (e *ErrTruncate) Error() string {
 	return fmt.Sprintf("TRUNCATE of %v on the source at %s: a truncate removes every tenant's rows and is never replayed on the target; the move is stopped with the target untouched: check the source, then `promoted cancel` and start the move again", e.Tables, e.LSN)

@@ -32,6 +32,9 @@ type ErrSchemaChanged struct {
 	Detail string
 }
 
+// Fatal marks the error as one no retry can fix.
+func (e *ErrSchemaChanged) Fatal() bool { return true }
+
 func (e *ErrSchemaChanged) Error() string {
 	return fmt.Sprintf("table %s changed on the source during the move (%s): schema changes are not supported yet; cancel the move with `promoted cancel`, apply the same change to the target, and start again", e.Table, e.Detail)
 }

@@ -42,7 +42,36 @@ type Config struct {
 	// backlog then commits in large groups instead of one target commit
 	// per source transaction, at a latency cost of at most this much.
 	CommitDelay time.Duration
+	// ReceiveTimeout is the longest the source may stay silent: each
+	// standby status update asks it for a reply, so a silence this long
+	// means the network or the source is gone, even when no TCP reset
+	// ever arrives (0: 30s).
+	ReceiveTimeout time.Duration
 }
+
+// ErrSilent reports a source that sent nothing for longer than
+// ReceiveTimeout although it was asked to answer: the connection is
+// treated as broken, and the move reconnects.
+type ErrSilent struct{ For time.Duration }
+
+func (e *ErrSilent) Error() string {
+	return fmt.Sprintf("the source sent nothing for %s although asked to answer: the network or the source is gone", e.For.Round(time.Millisecond))
+}
+
+// Silent marks the error as a broken connection, worth a retry.
+func (e *ErrSilent) Silent() bool { return true }
+
+// ErrEnded reports that the source ended the replication stream on its
+// own, as a walsender does when its server shuts down: the move
+// reconnects once the server is back.
+type ErrEnded struct{}
+
+func (e *ErrEnded) Error() string {
+	return "the source ended the replication stream (shutting down or restarting)"
+}
+
+// Silent marks the error as a broken connection, worth a retry.
+func (e *ErrEnded) Silent() bool { return true }
 
 // Bind registers the stream's flags.
 func (c *Config) Bind(fs *pflag.FlagSet) {
@@ -69,6 +98,9 @@ func (c *Config) Validate() error {
 	}
 	if c.MaxTxnChanges == 0 {
 		c.MaxTxnChanges = 5000
+	}
+	if c.ReceiveTimeout <= 0 {
+		c.ReceiveTimeout = 30 * time.Second
 	}
 	if c.MarkerPrefix == "" {
 		c.MarkerPrefix = "promoted"
@@ -219,10 +251,14 @@ func (s *Stream) receive(ctx context.Context, start promoted.LSN, sink promoted.
 		parts         bool
 		nextStatus    = time.Now().Add(s.cfg.StatusInterval)
 		lastHeartbeat time.Time
+		// heard is when the source last sent anything (or when the stream
+		// last stopped reading to wait for the sink).
+		heard = time.Now()
 		// lastPushed is the end of the last transaction handed to the sink.
 		lastPushed = start
 	)
 	push := func(t *promoted.Txn) error {
+		defer func() { heard = time.Now() }()
 		for {
 			select {
 			case out <- t:
@@ -253,10 +289,15 @@ func (s *Stream) receive(ctx context.Context, start promoted.LSN, sink promoted.
 	}
 	for {
 		if time.Now().After(nextStatus) {
-			if err := s.sendStatus(sink.Durable(), false); err != nil {
+			// Ask for a reply: a source that stays silent after this is
+			// unreachable (ReceiveTimeout).
+			if err := s.sendStatus(sink.Durable(), true); err != nil {
 				return err
 			}
 			nextStatus = time.Now().Add(s.cfg.StatusInterval)
+		}
+		if silence := time.Since(heard); silence > s.cfg.ReceiveTimeout {
+			return &ErrSilent{For: silence}
 		}
 		rctx, cancel := context.WithDeadline(ctx, nextStatus)
 		msg, err := s.conn.ReceiveMessage(rctx)
@@ -270,12 +311,16 @@ func (s *Stream) receive(ctx context.Context, start promoted.LSN, sink promoted.
 			}
 			return fmt.Errorf("receive from slot %s: %w", s.cfg.Slot, err)
 		}
+		heard = time.Now()
 		var data []byte
 		switch m := msg.(type) {
 		case *pgproto3.CopyData:
 			data = m.Data
 		case *pgproto3.ErrorResponse:
 			return fmt.Errorf("replication stream: %w", pgconn.ErrorResponseToPgError(m))
+		case *pgproto3.CopyDone, *pgproto3.CommandComplete:
+			// The walsender ended the stream: the source is shutting down.
+			return &ErrEnded{}
 		default:
 			return fmt.Errorf("replication stream: unexpected message %T", msg)
 		}

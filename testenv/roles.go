@@ -84,11 +84,38 @@ func (c *Cluster) NewTenantDB(t TB) TenantDB {
 	if err != nil {
 		t.Fatalf("%v", err)
 	}
-	name := cfg.Database
-	if err := c.grantDB(ctx, name); err != nil {
+	db, err := c.GrantTenantDB(ctx, cfg.Database)
+	if err != nil {
 		t.Fatalf("%v", err)
 	}
-	return TenantDB{Name: name, Admin: dsn, Owner: c.DSN(name, Owner), App: c.DSN(name, App), Mover: c.DSN(name, Mover)}
+	return db
+}
+
+// GrantTenantDB gives an existing database the production-like roles (see
+// NewTenantDB), for callers outside tests (the demo, the benchmark).
+func (c *Cluster) GrantTenantDB(ctx context.Context, name string) (TenantDB, error) {
+	if err := c.EnsureRoles(ctx); err != nil {
+		return TenantDB{}, err
+	}
+	if err := c.grantDB(ctx, name); err != nil {
+		return TenantDB{}, err
+	}
+	return TenantDB{Name: name, Admin: c.DSN(name), Owner: c.DSN(name, Owner), App: c.DSN(name, App), Mover: c.DSN(name, Mover)}, nil
+}
+
+// SeedAsOwner fills the database with the SaaS schema (SeedSaaS) as Owner
+// and lets App write it.
+func (db TenantDB) SeedAsOwner(ctx context.Context, scale, bigFactor int) error {
+	if err := SeedSaaS(ctx, db.Owner, scale, bigFactor); err != nil {
+		return err
+	}
+	conn, err := pgx.Connect(ctx, db.Owner)
+	if err != nil {
+		return err
+	}
+	defer conn.Close(ctx)
+	_, err = conn.Exec(ctx, AppGrants("public"))
+	return err
 }
 
 func (c *Cluster) grantDB(ctx context.Context, name string) error {
@@ -120,16 +147,7 @@ GRANT USAGE, SELECT ON ALL SEQUENCES IN SCHEMA ` + s + ` TO ` + App
 func (c *Cluster) NewSaaS(t TB, scale, bigFactor int) TenantDB {
 	t.Helper()
 	db := c.NewTenantDB(t)
-	ctx := context.Background()
-	if err := SeedSaaS(ctx, db.Owner, scale, bigFactor); err != nil {
-		t.Fatalf("%v", err)
-	}
-	conn, err := pgx.Connect(ctx, db.Owner)
-	if err != nil {
-		t.Fatalf("%v", err)
-	}
-	defer conn.Close(ctx)
-	if _, err := conn.Exec(ctx, AppGrants("public")); err != nil {
+	if err := db.SeedAsOwner(context.Background(), scale, bigFactor); err != nil {
 		t.Fatalf("%v", err)
 	}
 	return db

@@ -25,16 +25,14 @@ func TestKillDuringCutover(t *testing.T) {
 
 func killCutover(t *testing.T, step, then string) {
 	ctx := context.Background()
-	srcDSN, dstDSN := src.NewDB(t), dst.NewDB(t)
-	if err := testenv.SeedSaaS(ctx, srcDSN, 100, 5); err != nil {
-		t.Fatal(err)
-	}
+	sdb, ddb := src.NewSaaS(t, 100, 5), dst.NewTenantDB(t)
+	srcDSN, dstDSN := sdb.Admin, ddb.Admin
 	// Writers on another tenant only, routed like an application (so they
 	// never move rows into the moving tenant): they must never fail.
 	// Tenant 1's own writes are checked directly below.
-	router := &testenv.Router{CatalogDSN: srcDSN, Default: srcDSN, DSN: func(string) string { return srcDSN }}
+	router := &testenv.Router{CatalogDSN: sdb.App, Default: sdb.App, DSN: func(string) string { return sdb.App }}
 	defer router.Close()
-	stopWriters, err := testenv.LoadRouted(ctx, srcDSN, []int{2}, 2, router)
+	stopWriters, err := testenv.LoadRouted(ctx, sdb.App, []int{2}, 2, router)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -52,7 +50,7 @@ func killCutover(t *testing.T, step, then string) {
 			stopWriters()
 		}
 	}()
-	args := []string{"promote", "--source", srcDSN, "--target", dstDSN, "--tenant", "1", "--cutover-timeout", "10s"}
+	args := []string{"promote", "--source", sdb.Mover, "--target", ddb.Mover, "--tenant", "1", "--cutover-timeout", "10s"}
 	d := startDaemon(t, []string{"PROMOTED_TEST_CRASH_AT=" + step}, args...)
 	select {
 	case <-d.done:
@@ -66,7 +64,7 @@ func killCutover(t *testing.T, step, then string) {
 		return queryOne[int64](t, ctx, srcDSN, `SELECT version FROM promoted.tenant_catalog WHERE tenant_id = '1'`)
 	}
 	tenantWrite := func() error {
-		conn := connectPinned(t, ctx, srcDSN)
+		conn := connectPinned(t, ctx, sdb.App)
 		defer conn.Close(ctx)
 		_, err := conn.Exec(ctx, `INSERT INTO events (tenant_id, kind) VALUES (1, 'probe')`)
 		return err
@@ -92,7 +90,7 @@ func killCutover(t *testing.T, step, then string) {
 		if v := version(); v != 2 {
 			t.Errorf("catalog version %d after the rerun, want 2", v)
 		}
-		if n := queryOne[int64](t, ctx, srcDSN, `SELECT count(*) FROM pg_replication_slots`); n != 0 {
+		if n := queryOne[int64](t, ctx, srcDSN, `SELECT count(*) FROM pg_replication_slots WHERE database = current_database()`); n != 0 {
 			t.Errorf("%d slots left after the promotion finished", n)
 		}
 		compareTenant(t, ctx, srcDSN, dstDSN, "public", "public", "tenant_id", "1", testenv.MovedTables)
@@ -100,7 +98,7 @@ func killCutover(t *testing.T, step, then string) {
 			t.Errorf("after the flip the old location accepted the tenant's write (%v), want PM001", err)
 		}
 	case "cancel":
-		code, _, errOut := runCLI(t, "cancel", "--source", srcDSN, "--tenant", "1")
+		code, _, errOut := runCLI(t, "cancel", "--source", sdb.Mover, "--tenant", "1")
 		stopLoad()
 		if wantFlipped {
 			if code != 1 || !strings.Contains(errOut, "already promoted") {
@@ -111,7 +109,7 @@ func killCutover(t *testing.T, step, then string) {
 			}
 			// The flipped move is finished by cleanup instead: the old rows
 			// go, in batches, and so do the slot, publication and fence.
-			code, out, errOut := runCLI(t, "cleanup", "--source", srcDSN, "--tenant", "1", "--batch-rows", "100")
+			code, out, errOut := runCLI(t, "cleanup", "--source", sdb.Mover, "--tenant", "1", "--batch-rows", "100")
 			if code != 0 {
 				t.Fatalf("cleanup exited %d: %s", code, errOut)
 			}

@@ -55,18 +55,28 @@ func demo(ctx context.Context, args []string) error {
 		return err
 	}
 	defer dedicated.Stop()
-	srcDSN, err := pooled.CreateDB(ctx, "saas")
+	if _, err := pooled.CreateDB(ctx, "saas"); err != nil {
+		return err
+	}
+	if _, err := dedicated.CreateDB(ctx, "tenant_1"); err != nil {
+		return err
+	}
+	// Production-like roles: the tables' owner, the application, and
+	// promoted's own least-privilege mover (README, Privileges).
+	pooledDB, err := pooled.GrantTenantDB(ctx, "saas")
 	if err != nil {
 		return err
 	}
-	dstDSN, err := dedicated.CreateDB(ctx, "tenant_1")
+	dedicatedDB, err := dedicated.GrantTenantDB(ctx, "tenant_1")
 	if err != nil {
 		return err
 	}
+	srcDSN, dstDSN := pooledDB.Admin, dedicatedDB.Admin
 	say("pooled database on port %d, dedicated database on port %d", pooled.Port, dedicated.Port)
+	say("roles: %s owns the tables, %s is the application, promoted runs as %s (no superuser)", testenv.Owner, testenv.App, testenv.Mover)
 
 	say("seeding a pooled SaaS schema: 5 tenants, tenant 1 is ten times bigger")
-	if err := testenv.SeedSaaS(ctx, srcDSN, scale, 10); err != nil {
+	if err := pooledDB.SeedAsOwner(ctx, scale, 10); err != nil {
 		return err
 	}
 	if err := printCounts(ctx, srcDSN, "public", "pooled database, rows per table (all tenants)", ""); err != nil {
@@ -74,14 +84,14 @@ func demo(ctx context.Context, args []string) error {
 	}
 
 	say("starting writers on every tenant; they find each tenant's location in the catalog, as an application would")
-	router := &testenv.Router{CatalogDSN: srcDSN, Default: srcDSN, DSN: func(loc string) string {
-		if loc == job.Redact(dstDSN) {
-			return dstDSN
+	router := &testenv.Router{CatalogDSN: pooledDB.App, Default: pooledDB.App, DSN: func(loc string) string {
+		if loc == job.Redact(dedicatedDB.Mover) {
+			return dedicatedDB.App
 		}
-		return srcDSN
+		return pooledDB.App
 	}}
 	defer router.Close()
-	stopLoad, err := testenv.LoadRouted(ctx, srcDSN, []int{1, 2, 3, 4, 5}, 1, router)
+	stopLoad, err := testenv.LoadRouted(ctx, pooledDB.App, []int{1, 2, 3, 4, 5}, 1, router)
 	if err != nil {
 		return err
 	}
@@ -93,7 +103,7 @@ func demo(ctx context.Context, args []string) error {
 	}()
 
 	say("promoting tenant 1 into the dedicated cluster, live")
-	cfg := job.Config{SourceDSN: srcDSN, TargetDSN: dstDSN, Tenant: "1", Tables: testenv.MovedTables, Promote: true}
+	cfg := job.Config{SourceDSN: pooledDB.Mover, TargetDSN: dedicatedDB.Mover, Tenant: "1", Tables: testenv.MovedTables, Promote: true}
 	cfg.Cutover.Timeout = 5 * time.Second
 	j, err := job.New(cfg, log)
 	if err != nil {
@@ -189,7 +199,7 @@ wait:
 	}
 
 	say("cleanup: deleting tenant 1's old rows from the pooled tables in batches, removing the fence")
-	deleted, err := job.Cleanup(ctx, job.EndConfig{SourceDSN: srcDSN, Tenant: "1", Tables: testenv.MovedTables}, log)
+	deleted, err := job.Cleanup(ctx, job.EndConfig{SourceDSN: pooledDB.Mover, Tenant: "1"}, log)
 	if err != nil {
 		return err
 	}

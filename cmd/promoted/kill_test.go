@@ -15,16 +15,17 @@ import (
 // and returns the DSNs, the job's id, the replicate arguments for tenant 1
 // into a database on the second cluster, and the function that stops the
 // writers.
+//
+// promoted runs as the mover and the writers as the application's role;
+// srcDSN and dstDSN are the superuser's, for the test's checks.
 func killSetup(t *testing.T) (srcDSN, dstDSN, jobID string, args []string, stopLoad func()) {
 	t.Helper()
 	ctx := context.Background()
-	srcDSN, dstDSN = src.NewDB(t), dst.NewDB(t)
-	if err := testenv.SeedSaaS(ctx, srcDSN, 200, 5); err != nil {
-		t.Fatal(err)
-	}
+	s, d := src.NewSaaS(t, 200, 5), dst.NewTenantDB(t)
+	srcDSN, dstDSN = s.Admin, d.Admin
 	jobID, _ = jobNames(t, srcDSN, "public", "1")
-	stopLoad = startLoad(t, ctx, srcDSN, []int{1, 2, 3}, 2)
-	args = []string{"replicate", "--source", srcDSN, "--sink", dstDSN, "--tenant", "1",
+	stopLoad = startLoad(t, ctx, s.App, []int{1, 2, 3}, 2)
+	args = []string{"replicate", "--source", s.Mover, "--sink", d.Mover, "--tenant", "1",
 		"--chunk-rows", "200", "--parallel", "2", "--apply-batch-age", "100ms"}
 	return
 }
@@ -93,7 +94,8 @@ func TestKillDuringCatchup(t *testing.T) {
 	waitPhase(t, d, ctx, dstDSN, jobID, "catchup")
 	// The apply runs with session_replication_role = replica, so only an
 	// ALWAYS trigger fires for it.
-	mustExec(t, ctx, dstDSN, `CREATE TABLE public.audit (id bigint NOT NULL);
+	// Target triggers run with the apply's role, the mover.
+	mustExec(t, ctx, dstDSN, `CREATE TABLE public.audit (id bigint NOT NULL); GRANT INSERT ON public.audit TO `+testenv.Mover+`;
 	    CREATE FUNCTION public.audit_order() RETURNS trigger LANGUAGE plpgsql AS
 	      $$BEGIN INSERT INTO public.audit VALUES (NEW.id); RETURN NULL; END$$;
 	    CREATE TRIGGER audit_order AFTER INSERT ON public.orders FOR EACH ROW EXECUTE FUNCTION public.audit_order();

@@ -74,16 +74,6 @@ func expectRefusal(t *testing.T, srcDSN, dstDSN, want string, args ...string) {
 	}
 }
 
-// seededSource is a fresh, small pooled SaaS database.
-func seededSource(t *testing.T, c *testenv.Cluster) string {
-	t.Helper()
-	dsn := c.NewDB(t)
-	if err := testenv.SeedSaaS(context.Background(), dsn, 20, 2); err != nil {
-		t.Fatal(err)
-	}
-	return dsn
-}
-
 // TestUsageErrors: bad invocations exit 2 with one line saying what is
 // wrong, before connecting anywhere.
 func TestUsageErrors(t *testing.T) {
@@ -142,17 +132,18 @@ func TestRefuseSourceSettings(t *testing.T) {
 	t.Run("wal_level_replica", func(t *testing.T) {
 		t.Parallel()
 		c := startCluster(t, map[string]string{"wal_level": "replica"})
-		srcDSN, dstDSN := seededSource(t, c), dst.NewDB(t)
-		expectRefusal(t, srcDSN, dstDSN, "wal_level=replica", "--source", srcDSN, "--sink", dstDSN, "--tenant", "1")
+		sdb, ddb := c.NewSaaS(t, 20, 2), dst.NewTenantDB(t)
+		expectRefusal(t, sdb.Admin, ddb.Admin, "wal_level=replica", "--source", sdb.Mover, "--sink", ddb.Mover, "--tenant", "1")
 	})
 	t.Run("no_free_slot", func(t *testing.T) {
 		t.Parallel()
 		c := startCluster(t, map[string]string{"max_replication_slots": "1", "max_wal_senders": "4"})
-		srcDSN, dstDSN := seededSource(t, c), dst.NewDB(t)
+		sdb, ddb := c.NewSaaS(t, 20, 2), dst.NewTenantDB(t)
+		srcDSN := sdb.Admin
 		ctx := context.Background()
 		mustExec(t, ctx, srcDSN, `SELECT pg_create_logical_replication_slot('occupied', 'pgoutput')`)
-		expectRefusal(t, srcDSN, dstDSN, "no free replication slot (1 of max_replication_slots=1 in use)",
-			"--source", srcDSN, "--sink", dstDSN, "--tenant", "1")
+		expectRefusal(t, srcDSN, ddb.Admin, "no free replication slot (1 of max_replication_slots=1 in use)",
+			"--source", sdb.Mover, "--sink", ddb.Mover, "--tenant", "1")
 		if s := slotsOf(t, ctx, srcDSN); len(s) != 1 || s[0] != "occupied" {
 			t.Errorf("slots after the refusal: %v, want only the occupying one", s)
 		}
@@ -181,13 +172,15 @@ func TestRefusePlan(t *testing.T) {
 		return name
 	}
 	t.Run("no_replication_attribute", func(t *testing.T) {
-		srcDSN, dstDSN := seededSource(t, src), dst.NewDB(t)
+		sdb, ddb := src.NewSaaS(t, 20, 2), dst.NewTenantDB(t)
+		srcDSN, dstDSN := sdb.Admin, ddb.Admin
 		r := role(t, srcDSN, "NOREPLICATION")
 		expectRefusal(t, srcDSN, dstDSN, "lacks the REPLICATION attribute",
-			"--source", src.DSN(dbName(t, srcDSN), r), "--sink", dstDSN, "--tenant", "1")
+			"--source", src.DSN(dbName(t, srcDSN), r), "--sink", ddb.Mover, "--tenant", "1")
 	})
 	t.Run("no_select_on_one_table", func(t *testing.T) {
-		srcDSN, dstDSN := seededSource(t, src), dst.NewDB(t)
+		sdb, ddb := src.NewSaaS(t, 20, 2), dst.NewTenantDB(t)
+		srcDSN, dstDSN := sdb.Admin, ddb.Admin
 		name := role(t, srcDSN, "REPLICATION")
 		r := pgx.Identifier{name}.Sanitize()
 		// It owns every moved table (as CREATE PUBLICATION needs) but has
@@ -195,48 +188,60 @@ func TestRefusePlan(t *testing.T) {
 		mustExec(t, ctx, srcDSN, `ALTER TABLE customers OWNER TO `+r+`; ALTER TABLE orders OWNER TO `+r+`;
 		    ALTER TABLE order_lines OWNER TO `+r+`; ALTER TABLE events OWNER TO `+r+`; REVOKE SELECT ON orders FROM `+r)
 		expectRefusal(t, srcDSN, dstDSN, "lacks SELECT on public.orders",
-			"--source", src.DSN(dbName(t, srcDSN), name), "--sink", dstDSN, "--tenant", "1")
+			"--source", src.DSN(dbName(t, srcDSN), name), "--sink", ddb.Mover, "--tenant", "1")
 	})
 	t.Run("no_primary_key", func(t *testing.T) {
-		srcDSN, dstDSN := seededSource(t, src), dst.NewDB(t)
+		sdb, ddb := src.NewSaaS(t, 20, 2), dst.NewTenantDB(t)
+		srcDSN, dstDSN := sdb.Admin, ddb.Admin
 		mustExec(t, ctx, srcDSN, `CREATE TABLE audit_log (tenant_id bigint NOT NULL, msg text); INSERT INTO audit_log VALUES (1, 'a')`)
 		expectRefusal(t, srcDSN, dstDSN, "audit_log has no primary key",
-			"--source", srcDSN, "--sink", dstDSN, "--tenant", "1", "--tables", "customers,audit_log")
+			"--source", sdb.Mover, "--sink", ddb.Mover, "--tenant", "1", "--tables", "customers,audit_log")
 	})
 	t.Run("no_tenant_column", func(t *testing.T) {
-		srcDSN, dstDSN := seededSource(t, src), dst.NewDB(t)
+		sdb, ddb := src.NewSaaS(t, 20, 2), dst.NewTenantDB(t)
+		srcDSN, dstDSN := sdb.Admin, ddb.Admin
 		expectRefusal(t, srcDSN, dstDSN, "tenants has no column tenant_id",
-			"--source", srcDSN, "--sink", dstDSN, "--tenant", "1", "--tables", "customers,tenants")
+			"--source", sdb.Mover, "--sink", ddb.Mover, "--tenant", "1", "--tables", "customers,tenants")
 	})
 	t.Run("tenant_not_bigint", func(t *testing.T) {
-		srcDSN, dstDSN := seededSource(t, src), dst.NewDB(t)
+		sdb, ddb := src.NewSaaS(t, 20, 2), dst.NewTenantDB(t)
+		srcDSN, dstDSN := sdb.Admin, ddb.Admin
 		expectRefusal(t, srcDSN, dstDSN, `tenant "abc" is not a valid bigint`,
-			"--source", srcDSN, "--sink", dstDSN, "--tenant", "abc")
+			"--source", sdb.Mover, "--sink", ddb.Mover, "--tenant", "abc")
 	})
 	t.Run("tenant_injection", func(t *testing.T) {
-		srcDSN, dstDSN := seededSource(t, src), dst.NewDB(t)
+		sdb, ddb := src.NewSaaS(t, 20, 2), dst.NewTenantDB(t)
+		srcDSN, dstDSN := sdb.Admin, ddb.Admin
 		mustExec(t, ctx, dstDSN, `CREATE TABLE tenants (id bigint PRIMARY KEY)`)
 		tenant := "1'); DROP TABLE tenants; --"
-		expectRefusal(t, srcDSN, dstDSN, "is not a valid bigint", "--source", srcDSN, "--sink", dstDSN, "--tenant", tenant)
+		expectRefusal(t, srcDSN, dstDSN, "is not a valid bigint", "--source", sdb.Mover, "--sink", ddb.Mover, "--tenant", tenant)
 		if n := queryOne[int](t, ctx, srcDSN, `SELECT count(*)::int FROM tenants`); n != 5 {
 			t.Errorf("source tenants holds %d rows, want 5", n)
 		}
 	})
 	t.Run("replica_identity_nothing", func(t *testing.T) {
 		// Publishing it would fail every tenant's UPDATE and DELETE.
-		srcDSN, dstDSN := seededSource(t, src), dst.NewDB(t)
+		sdb, ddb := src.NewSaaS(t, 20, 2), dst.NewTenantDB(t)
+		srcDSN, dstDSN := sdb.Admin, ddb.Admin
 		mustExec(t, ctx, srcDSN, `ALTER TABLE events REPLICA IDENTITY NOTHING`)
-		expectRefusal(t, srcDSN, dstDSN, "REPLICA IDENTITY NOTHING", "--source", srcDSN, "--sink", dstDSN, "--tenant", "1")
+		expectRefusal(t, srcDSN, dstDSN, "REPLICA IDENTITY NOTHING", "--source", sdb.Mover, "--sink", ddb.Mover, "--tenant", "1")
 	})
 	t.Run("replica_identity_index_dropped", func(t *testing.T) {
-		srcDSN, dstDSN := seededSource(t, src), dst.NewDB(t)
+		sdb, ddb := src.NewSaaS(t, 20, 2), dst.NewTenantDB(t)
+		srcDSN, dstDSN := sdb.Admin, ddb.Admin
 		mustExec(t, ctx, srcDSN, `CREATE UNIQUE INDEX events_ri ON events (tenant_id, id); ALTER TABLE events REPLICA IDENTITY USING INDEX events_ri; DROP INDEX events_ri`)
-		expectRefusal(t, srcDSN, dstDSN, "that index was dropped", "--source", srcDSN, "--sink", dstDSN, "--tenant", "1")
+		expectRefusal(t, srcDSN, dstDSN, "that index was dropped", "--source", sdb.Mover, "--sink", ddb.Mover, "--tenant", "1")
+	})
+	t.Run("target_table_unreadable", func(t *testing.T) {
+		sdb, ddb := src.NewSaaS(t, 20, 2), dst.NewTenantDB(t)
+		mustExec(t, ctx, ddb.Admin, `CREATE TABLE events (id bigint PRIMARY KEY, tenant_id bigint NOT NULL, kind text)`)
+		expectRefusal(t, sdb.Admin, ddb.Admin, "may not read and write it", "--source", sdb.Mover, "--sink", ddb.Mover, "--tenant", "1")
 	})
 	t.Run("target_holds_tenant_rows", func(t *testing.T) {
-		srcDSN, dstDSN := seededSource(t, src), dst.NewDB(t)
-		mustExec(t, ctx, dstDSN, `CREATE TABLE events (id bigint PRIMARY KEY, tenant_id bigint NOT NULL, kind text); INSERT INTO events VALUES (1, 1, 'stale')`)
-		expectRefusal(t, srcDSN, dstDSN, "already holds rows of tenant 1", "--source", srcDSN, "--sink", dstDSN, "--tenant", "1")
+		sdb, ddb := src.NewSaaS(t, 20, 2), dst.NewTenantDB(t)
+		srcDSN, dstDSN := sdb.Admin, ddb.Admin
+		mustExec(t, ctx, ddb.Owner, `CREATE TABLE events (id bigint PRIMARY KEY, tenant_id bigint NOT NULL, kind text); INSERT INTO events VALUES (1, 1, 'stale')`)
+		expectRefusal(t, srcDSN, dstDSN, "already holds rows of tenant 1", "--source", sdb.Mover, "--sink", ddb.Mover, "--tenant", "1")
 		if n := queryOne[int](t, ctx, dstDSN, `SELECT count(*)::int FROM events`); n != 1 {
 			t.Errorf("target events holds %d rows after the refusal, want the 1 it had", n)
 		}
@@ -248,7 +253,8 @@ func TestRefusePlan(t *testing.T) {
 // end, and compares every row.
 func TestReplicateAwkwardIdentifiers(t *testing.T) {
 	ctx := context.Background()
-	srcDSN, dstDSN := src.NewDB(t), dst.NewDB(t)
+	sdb, ddb := src.NewTenantDB(t), dst.NewTenantDB(t)
+	srcDSN, dstDSN := sdb.Admin, ddb.Admin
 	const (
 		schema = `Odd "Schema"`
 		table  = `Line Items; DROP`
@@ -263,7 +269,7 @@ func TestReplicateAwkwardIdentifiers(t *testing.T) {
 	// The canary x lives on both sides: an injected DROP TABLE x on
 	// either would remove it.
 	mustExec(t, ctx, dstDSN, `CREATE TABLE x (id int PRIMARY KEY); INSERT INTO x VALUES (1)`)
-	mustExec(t, ctx, srcDSN, q(`CREATE TABLE x (id int PRIMARY KEY); INSERT INTO x VALUES (1);
+	mustExec(t, ctx, sdb.Owner, q(`CREATE TABLE x (id int PRIMARY KEY); INSERT INTO x VALUES (1);
 	    CREATE SCHEMA $schema;
 	    -- keyed by (tenant, id): the server filters it, with the tenant in the row filter
 	    CREATE TABLE $items ($col text NOT NULL, id bigserial, "Qty; --" int NOT NULL, "it's" text, PRIMARY KEY ($col, id));
@@ -271,9 +277,9 @@ func TestReplicateAwkwardIdentifiers(t *testing.T) {
 	    CREATE TABLE $events (id bigserial PRIMARY KEY, $col text NOT NULL, payload text)`))
 	others := []string{"1", "2"}
 	seed := func(n int) {
-		mustExec(t, ctx, srcDSN, q(`INSERT INTO $items ($col, "Qty; --", "it's") SELECT t, g, 'it''s ' || g FROM unnest($1::text[]) t, generate_series(1, $2::int) g`),
+		mustExec(t, ctx, sdb.Owner, q(`INSERT INTO $items ($col, "Qty; --", "it's") SELECT t, g, 'it''s ' || g FROM unnest($1::text[]) t, generate_series(1, $2::int) g`),
 			append(others, tenant), n)
-		mustExec(t, ctx, srcDSN, q(`INSERT INTO $events ($col, payload) SELECT t, 'p' || g FROM unnest($1::text[]) t, generate_series(1, $2::int) g`),
+		mustExec(t, ctx, sdb.Owner, q(`INSERT INTO $events ($col, payload) SELECT t, 'p' || g FROM unnest($1::text[]) t, generate_series(1, $2::int) g`),
 			append(others, tenant), n)
 	}
 	seed(60)
@@ -281,7 +287,7 @@ func TestReplicateAwkwardIdentifiers(t *testing.T) {
 	// whose bounds carry the tenant literal.
 	mustExec(t, ctx, srcDSN, `ANALYZE`)
 	jobID, names := jobNames(t, srcDSN, schema, tenant)
-	d := startDaemon(t, nil, "replicate", "--source", srcDSN, "--sink", dstDSN, "--tenant", tenant,
+	d := startDaemon(t, nil, "replicate", "--source", sdb.Mover, "--sink", ddb.Mover, "--tenant", tenant,
 		"--schema", schema, "--tenant-column", column, "--parallel", "2", "--chunk-rows", "20")
 	waitPhase(t, d, ctx, dstDSN, jobID, "catchup")
 
@@ -305,5 +311,5 @@ func TestReplicateAwkwardIdentifiers(t *testing.T) {
 	if s := slotsOf(t, ctx, srcDSN); len(s) != 1 || s[0] != names.Slot {
 		t.Errorf("slots after a clean stop: %v, want [%s]", s, names.Slot)
 	}
-	cancelJob(t, ctx, srcDSN, schema, tenant)
+	cancelJob(t, ctx, sdb.Mover, schema, tenant)
 }

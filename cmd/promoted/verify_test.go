@@ -11,7 +11,6 @@ import (
 	"testing"
 
 	"github.com/promoted/promoted/job"
-	"github.com/promoted/promoted/testenv"
 )
 
 // TestVerifyAndCancelDropTarget runs `promoted verify` on a replica (equal,
@@ -19,10 +18,8 @@ import (
 // `cancel --drop-target`, which leaves neither slot nor target tables.
 func TestVerifyAndCancelDropTarget(t *testing.T) {
 	ctx := context.Background()
-	srcDSN, dstDSN := src.NewDB(t), dst.NewDB(t)
-	if err := testenv.SeedSaaS(ctx, srcDSN, 100, 5); err != nil {
-		t.Fatal(err)
-	}
+	sdb, ddb := src.NewSaaS(t, 100, 5), dst.NewTenantDB(t)
+	srcDSN, dstDSN := sdb.Admin, ddb.Admin
 	jobID, _ := jobNames(t, srcDSN, "public", "1")
 	// A password in the DSN (trust auth ignores it) must never be printed.
 	l, err := net.Listen("tcp", "127.0.0.1:0")
@@ -31,7 +28,7 @@ func TestVerifyAndCancelDropTarget(t *testing.T) {
 	}
 	addr := l.Addr().String()
 	l.Close()
-	d := startDaemon(t, nil, "replicate", "--source", srcDSN+"&password=s3cr3t-pw", "--sink", dstDSN+"&password=s3cr3t-pw",
+	d := startDaemon(t, nil, "replicate", "--source", sdb.Mover+"&password=s3cr3t-pw", "--sink", ddb.Mover+"&password=s3cr3t-pw",
 		"--tenant", "1", "--metrics-addr", addr, "--log-level", "debug")
 	waitCaughtUp(t, d, ctx, srcDSN, dstDSN, jobID)
 	get := func(path string) string {
@@ -67,20 +64,20 @@ func TestVerifyAndCancelDropTarget(t *testing.T) {
 		t.Error("the password appeared in the logs or metrics")
 	}
 
-	code, out, errOut := runCLI(t, "verify", "--source", srcDSN, "--target", dstDSN, "--tenant", "1")
+	code, out, errOut := runCLI(t, "verify", "--source", sdb.Mover, "--target", ddb.Mover, "--tenant", "1")
 	if code != 0 || !strings.Contains(out, "verified") || strings.Contains(out, "DIFFERENT") {
 		t.Fatalf("verify of an equal replica exited %d:\n%s\n%s", code, out, errOut)
 	}
 	mustExec(t, ctx, dstDSN, `SET session_replication_role = replica; UPDATE orders SET total = -1 WHERE tenant_id = 1 AND id = (SELECT min(id) FROM orders WHERE tenant_id = 1)`)
 	key := "(1," + queryOne[string](t, ctx, dstDSN, `SELECT min(id)::text FROM orders WHERE tenant_id = 1`) + ")"
-	code, _, errOut = runCLI(t, "verify", "--source", srcDSN, "--target", dstDSN, "--tenant", "1")
+	code, _, errOut = runCLI(t, "verify", "--source", sdb.Mover, "--target", ddb.Mover, "--tenant", "1")
 	lines := strings.Split(strings.TrimSpace(errOut), "\n")
 	last := lines[len(lines)-1] // the lines before it are the log
 	if code != 1 || !strings.HasPrefix(last, "promoted: the target differs") || !strings.Contains(last, "different "+key) {
 		t.Fatalf("verify of a damaged replica exited %d, last line %q; want 1 and an error naming %s", code, last, key)
 	}
 
-	code, _, errOut = runCLI(t, "cancel", "--source", srcDSN, "--tenant", "1", "--drop-target", "--target", dstDSN)
+	code, _, errOut = runCLI(t, "cancel", "--source", sdb.Mover, "--tenant", "1", "--drop-target", "--target", ddb.Mover)
 	if code != 0 {
 		t.Fatalf("cancel --drop-target exited %d: %s", code, errOut)
 	}
