@@ -10,10 +10,14 @@ demo: build
 	./bin/promoted demo
 
 # Tests start real PostgreSQL 15 clusters (testenv); one package at a time
-# keeps a 2-core machine responsive.
+# keeps a 2-core machine responsive. The packages whose tests are quick
+# run under the race detector; the rest (long end-to-end runs) without.
+RACE_PKGS := . ./apply ./stream ./snapshot ./testenv ./schema
+MODULE := $(shell $(GO) list -m)
 test:
 	$(GO) vet ./...
-	$(GO) test -p 1 -count=1 -timeout 40m ./...
+	$(GO) test -race -p 1 -count=1 $(RACE_PKGS)
+	$(GO) test -p 1 -count=1 -timeout 40m $(filter-out $(MODULE) $(addprefix $(MODULE)/,$(patsubst ./%,%,$(RACE_PKGS))),$(shell $(GO) list ./...))
 
 # Benchmarks against raw COPY and PostgreSQL's own subscriber, in one run:
 # `make bench` (default size, under 15 minutes on 2 cores) or

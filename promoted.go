@@ -31,7 +31,7 @@ type Tenant string
 
 // SessionParams are the GUCs every session that reads or writes the
 // tenant's values as text runs with, on both sides (the walsender included),
-// so text means the same thing everywhere (hazards.md 1.9, 2.7).
+// so text means the same thing everywhere (docs/hazards.md 1.9, 2.7).
 var SessionParams = map[string]string{
 	"DateStyle":                   "ISO, MDY",
 	"IntervalStyle":               "postgres",
@@ -78,7 +78,7 @@ type Table struct {
 	Tenant int
 	// ServerFilter is true when the table's replica identity covers the
 	// tenant column, so the publication can carry a row filter. Otherwise the
-	// table is published unfiltered and the daemon filters (hazards.md 4.1).
+	// table is published unfiltered and the daemon filters (docs/hazards.md 4.1).
 	ServerFilter bool
 	// ReplicaIdentity is pg_class.relreplident: 'd', 'f', 'i' or 'n'.
 	ReplicaIdentity byte
@@ -177,7 +177,7 @@ type Change struct {
 	// say whether the target holds the row: an Update of a missing row is an
 	// insert (the row entered the tenant) and a Delete of a missing row is a
 	// no-op. For server-filtered tables a missing row is divergence and
-	// stops the move (hazards.md 8.3).
+	// stops the move (docs/hazards.md 8.3).
 	Lenient bool
 	// Content is the payload of a Message.
 	Content []byte
@@ -200,7 +200,7 @@ type Txn struct {
 // Heartbeat reports whether the Txn carries no change and only says that
 // nothing of the tenant is pending before EndLSN, so the sink may record
 // EndLSN as its progress (idle tenants must still advance the slot,
-// hazards.md 5.3).
+// docs/hazards.md 5.3).
 func (t *Txn) Heartbeat() bool { return len(t.Changes) == 0 && !t.Partial && t.Xid == 0 }
 
 // Sink is where a stream delivers the tenant's transactions: a PostgreSQL
@@ -219,7 +219,7 @@ type Sink interface {
 
 // RowFetcher reads the current value of one of the tenant's rows from the
 // source. A sink needs it when pgoutput sends an INSERT with unchanged TOAST
-// values (a row that entered the tenant through an UPDATE, hazards.md 3.2).
+// values (a row that entered the tenant through an UPDATE, docs/hazards.md 3.2).
 type RowFetcher interface {
 	// FetchRow returns the source row with the given key if it still exists
 	// and belongs to the tenant, once the source transaction xid that

@@ -82,7 +82,7 @@ func (p *Postgres) lenientUpdate(ctx context.Context, c *promoted.Change) error 
 // refetchInsert inserts a row the target lacks whose stream image has
 // unchanged TOAST values: pgoutput turned an UPDATE into an INSERT (the row
 // entered the tenant) and did not send the values. They are read from the
-// source now; never written as NULL (hazards.md 3.2). Later changes of the
+// source now; never written as NULL (docs/hazards.md 3.2). Later changes of the
 // row follow in the stream, so the row converges.
 func (p *Postgres) refetchInsert(ctx context.Context, c *promoted.Change, img promoted.Row) error {
 	if err := p.exec(ctx); err != nil {

@@ -72,7 +72,7 @@ func (c *Config) Validate() error {
 
 // ErrDiverged reports that the target does not hold a row the source
 // changed: someone wrote to the target, or a change was lost. Nothing more
-// is applied (hazards.md 8.3).
+// is applied (docs/hazards.md 8.3).
 type ErrDiverged struct {
 	Op    promoted.Op
 	Table string
@@ -136,8 +136,8 @@ type check struct {
 
 // Connect opens the sink's own session on the target. The session runs
 // with session_replication_role=replica, so target triggers and foreign-key
-// checks do not fire on apply (hazards.md 8.1), with synchronous_commit on,
-// so a commit is durable before it is acknowledged (hazards.md 5.2).
+// checks do not fire on apply (docs/hazards.md 8.1), with synchronous_commit on,
+// so a commit is durable before it is acknowledged (docs/hazards.md 5.2).
 func Connect(ctx context.Context, dsn string) (*pgx.Conn, error) {
 	cc, err := db.Config(db.Target, dsn, "promoted-apply")
 	if err != nil {

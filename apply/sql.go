@@ -12,7 +12,7 @@ import (
 // statements builds the SQL the sink runs for a table. Values always travel
 // as untyped text parameters (the server infers each parameter's type from
 // its column), so the source's text is parsed once, by the target, with the
-// same pinned GUCs: no Go-side decoding, no precision lost (hazards.md 2.7).
+// same pinned GUCs: no Go-side decoding, no precision lost (docs/hazards.md 2.7).
 type statements struct{}
 
 func qualified(t *promoted.Table) string {

@@ -32,14 +32,14 @@ func (e *env) promotedCopy(ctx context.Context) (copyRun, string, error) {
 	if err != nil {
 		return copyRun{}, "", err
 	}
-	d, err := startDaemon(ctx, e.bin, "replicate", "--source", e.srcDSN, "--sink", dstDSN, "--tenant", "1", "--tables", strings.Join(benchTables, ","))
+	d, err := startDaemon(ctx, e.bin, "replicate", "--source", e.srcMover, "--sink", e.mover(dstDSN), "--tenant", "1", "--tables", strings.Join(benchTables, ","))
 	if err != nil {
 		return copyRun{}, "", err
 	}
 	defer func() {
 		d.stop()
 		exec1(context.Background(), e.srcDSN, "SELECT 1") // keep the source warm
-		runCancel(e.bin, e.srcDSN)
+		runCancel(e.bin, e.srcMover)
 	}()
 	line, err := d.waitLine(ctx, "snapshot copied", 30*time.Minute)
 	if err != nil {
@@ -146,11 +146,11 @@ func (e *env) smallCopyRSS(ctx context.Context) (int64, error) {
 	if err != nil {
 		return 0, err
 	}
-	d, err := startDaemon(ctx, e.bin, "replicate", "--source", e.srcDSN, "--sink", dstDSN, "--tenant", "1", "--tables", "customers")
+	d, err := startDaemon(ctx, e.bin, "replicate", "--source", e.srcMover, "--sink", e.mover(dstDSN), "--tenant", "1", "--tables", "customers")
 	if err != nil {
 		return 0, err
 	}
-	defer func() { d.stop(); runCancel(e.bin, e.srcDSN) }()
+	defer func() { d.stop(); runCancel(e.bin, e.srcMover) }()
 	if _, err := d.waitLine(ctx, "streaming", 10*time.Minute); err != nil {
 		return 0, err
 	}

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"strings"
 	"time"
 
 	"github.com/promoted/promoted/cutover"
@@ -18,13 +19,17 @@ import (
 // a fresh target database; between them the source is reset to the
 // tenant's pooled state (fence and catalog entry removed).
 func (e *env) cutovers(ctx context.Context) ([]float64, error) {
-	srcDSN, err := e.src.CreateDB(ctx, "cutover")
+	if _, err := e.src.CreateDB(ctx, "cutover"); err != nil {
+		return nil, err
+	}
+	pooled, err := e.src.GrantTenantDB(ctx, "cutover")
 	if err != nil {
 		return nil, err
 	}
-	if err := testenv.SeedSaaS(ctx, srcDSN, e.size.Customers/100, 1); err != nil {
+	if err := pooled.SeedAsOwner(ctx, e.size.Customers/100, 1); err != nil {
 		return nil, err
 	}
+	srcDSN := pooled.Admin
 	var blocked []float64
 	for i := 0; i < e.size.Promotions; i++ {
 		tenant := 1 + i%5
@@ -32,17 +37,18 @@ func (e *env) cutovers(ctx context.Context) ([]float64, error) {
 		if err != nil {
 			return nil, err
 		}
-		router := &testenv.Router{CatalogDSN: srcDSN, Default: srcDSN, DSN: func(loc string) string {
-			if loc == job.Redact(dstDSN) {
-				return dstDSN
+		dstApp := strings.Replace(e.mover(dstDSN), "//"+testenv.Mover+"@", "//"+testenv.App+"@", 1)
+		router := &testenv.Router{CatalogDSN: pooled.App, Default: pooled.App, DSN: func(loc string) string {
+			if loc == job.Redact(e.mover(dstDSN)) {
+				return dstApp
 			}
-			return srcDSN
+			return pooled.App
 		}}
-		stop, err := testenv.LoadRouted(ctx, srcDSN, []int{1, 2, 3, 4, 5}, 1, router)
+		stop, err := testenv.LoadRouted(ctx, pooled.App, []int{1, 2, 3, 4, 5}, 1, router)
 		if err != nil {
 			return nil, err
 		}
-		cfg := job.Config{SourceDSN: srcDSN, TargetDSN: dstDSN, Tenant: fmt.Sprint(tenant), Tables: testenv.MovedTables, Promote: true,
+		cfg := job.Config{SourceDSN: pooled.Mover, TargetDSN: e.mover(dstDSN), Tenant: fmt.Sprint(tenant), Tables: testenv.MovedTables, Promote: true,
 			Cutover: cutover.Config{Timeout: 5 * time.Second}}
 		j, err := job.New(cfg, slog.New(slog.NewTextHandler(io.Discard, nil)))
 		if err == nil {

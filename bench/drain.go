@@ -132,7 +132,7 @@ func (e *env) drain(ctx context.Context, tenantScript, othersScript string) (pro
 	if err != nil {
 		return nil, nil, 0, err
 	}
-	args := []string{"replicate", "--source", e.srcDSN, "--sink", dstDSN, "--tenant", "1", "--tables", strings.Join(benchTables, ",")}
+	args := []string{"replicate", "--source", e.srcMover, "--sink", e.mover(dstDSN), "--tenant", "1", "--tables", strings.Join(benchTables, ",")}
 	d, err := startDaemon(ctx, e.bin, args...)
 	if err != nil {
 		return nil, nil, 0, err
@@ -142,7 +142,7 @@ func (e *env) drain(ctx context.Context, tenantScript, othersScript string) (pro
 		return nil, nil, 0, err
 	}
 	d.stop()
-	defer runCancel(e.bin, e.srcDSN)
+	defer runCancel(e.bin, e.srcMover)
 	for i := 0; i < e.size.Repeats; i++ {
 		changes, wal, marker, err := e.backlog(ctx, tenantScript, othersScript)
 		if err != nil {

@@ -125,19 +125,44 @@ func seed(ctx context.Context, dsn string, sz Size) error {
 	return nil
 }
 
-// env is a run's clusters and pooled database.
+// env is a run's clusters and pooled database. srcDSN is the superuser's
+// (the baselines run as a user would run them, and the bench's own
+// bookkeeping); promoted runs as the least-privilege mover (srcMover) and
+// the load as the application's role (srcApp).
 type env struct {
-	size     Size
-	src, dst *testenv.Cluster
-	srcDSN   string
-	bin      string
-	dbs      int
+	size              Size
+	src, dst          *testenv.Cluster
+	srcDSN            string
+	srcMover, srcApp  string
+	bin               string
+	dbs               int
+	moverOf           map[string]string // target DSN (superuser) -> the mover's
+	pooled            testenv.TenantDB
+	tenantsConfigured bool
 }
 
+// newTarget creates a target database and returns its superuser DSN; the
+// mover's is moverOf[dsn].
 func (e *env) newTarget(ctx context.Context, name string) (string, error) {
 	e.dbs++
-	return e.dst.CreateDB(ctx, fmt.Sprintf("%s_%d", name, e.dbs))
+	n := fmt.Sprintf("%s_%d", name, e.dbs)
+	if _, err := e.dst.CreateDB(ctx, n); err != nil {
+		return "", err
+	}
+	db, err := e.dst.GrantTenantDB(ctx, n)
+	if err != nil {
+		return "", err
+	}
+	if e.moverOf == nil {
+		e.moverOf = map[string]string{}
+	}
+	e.moverOf[db.Admin] = db.Mover
+	return db.Admin, nil
 }
+
+// mover is the mover's connection string for a target created by
+// newTarget.
+func (e *env) mover(dstDSN string) string { return e.moverOf[dstDSN] }
 
 func exec1(ctx context.Context, dsn, q string, args ...any) error {
 	conn, err := pgx.Connect(ctx, dsn)

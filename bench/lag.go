@@ -84,7 +84,7 @@ func (e *env) lag(ctx context.Context, tenantScript, othersScript string) (prom,
 	if err != nil {
 		return prom, nat, err
 	}
-	d, err := startDaemon(ctx, e.bin, "replicate", "--source", e.srcDSN, "--sink", dstDSN, "--tenant", "1", "--tables", strings.Join(benchTables, ","))
+	d, err := startDaemon(ctx, e.bin, "replicate", "--source", e.srcMover, "--sink", e.mover(dstDSN), "--tenant", "1", "--tables", strings.Join(benchTables, ","))
 	if err != nil {
 		return prom, nat, err
 	}
@@ -94,7 +94,7 @@ func (e *env) lag(ctx context.Context, tenantScript, othersScript string) (prom,
 	}
 	prom, err = e.sampleLag(ctx, tenantScript, othersScript, func(ctx context.Context) (promoted.LSN, error) { return appliedLSN(ctx, dstDSN) }, dstDSN)
 	d.stop()
-	runCancel(e.bin, e.srcDSN)
+	runCancel(e.bin, e.srcMover)
 	if err != nil {
 		return prom, nat, err
 	}

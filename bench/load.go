@@ -53,7 +53,7 @@ func (e *env) pgbench(ctx context.Context, logDir string, args ...string) (pgben
 	if logDir != "" {
 		full = append(full, "--log", "--log-prefix", filepath.Join(logDir, "pgbench_log"))
 	}
-	full = append(full, e.srcDSN)
+	full = append(full, e.srcApp)
 	cmd := exec.CommandContext(ctx, e.src.Bin("pgbench"), full...)
 	cmd.Dir = os.TempDir()
 	out, err := cmd.CombinedOutput()

@@ -90,12 +90,19 @@ func run(ctx context.Context, sizeName, bin string, log *os.File) (*Report, erro
 		return nil, err
 	}
 	defer e.dst.Stop()
-	if e.srcDSN, err = e.src.CreateDB(ctx, "pooled"); err != nil {
+	if _, err = e.src.CreateDB(ctx, "pooled"); err != nil {
 		return nil, err
 	}
+	if e.pooled, err = e.src.GrantTenantDB(ctx, "pooled"); err != nil {
+		return nil, err
+	}
+	e.srcDSN, e.srcMover, e.srcApp = e.pooled.Admin, e.pooled.Mover, e.pooled.App
 	say("seeding %d tenants of %d customers, %d orders, %d order lines each", sz.Tenants, sz.Customers, sz.Orders, sz.Lines)
 	start := time.Now()
-	if err := seed(ctx, e.srcDSN, sz); err != nil {
+	if err := seed(ctx, e.pooled.Owner, sz); err != nil {
+		return nil, err
+	}
+	if err := exec1(ctx, e.pooled.Owner, testenv.AppGrants("public")); err != nil {
 		return nil, err
 	}
 	say("seeded in %.0f s", time.Since(start).Seconds())

@@ -34,7 +34,7 @@ func (e *env) neighbours(ctx context.Context, othersScript string) (control, pro
 		if err != nil {
 			return neighbourRun{}, err
 		}
-		args := append([]string{"replicate", "--source", e.srcDSN, "--sink", dstDSN, "--tenant", "1", "--tables", strings.Join(benchTables, ",")}, extra...)
+		args := append([]string{"replicate", "--source", e.srcMover, "--sink", e.mover(dstDSN), "--tenant", "1", "--tables", strings.Join(benchTables, ",")}, extra...)
 		d, err := startDaemon(ctx, e.bin, args...)
 		if err != nil {
 			return neighbourRun{}, err
@@ -42,7 +42,7 @@ func (e *env) neighbours(ctx context.Context, othersScript string) (control, pro
 		time.Sleep(200 * time.Millisecond)
 		r, err := run()
 		d.stop()
-		runCancel(e.bin, e.srcDSN)
+		runCancel(e.bin, e.srcMover)
 		return r, err
 	}
 	if prom, err = move(); err != nil {

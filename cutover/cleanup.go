@@ -29,7 +29,7 @@ type DeleteOptions struct {
 	// it; they are emptied first, and VACUUMed before their parents'
 	// rows go, so each parent row's foreign-key check finds an index or a
 	// small table instead of every dead tuple just left behind
-	// (hazards.md 14).
+	// (docs/hazards.md 14.6).
 	Children map[*promoted.Table][]*promoted.Table
 }
 

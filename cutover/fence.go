@@ -101,7 +101,7 @@ func checkTriggers(ctx context.Context, q state.Querier, tables []*promoted.Tabl
 // RemoveFence drops the fence triggers from every table of schema that no
 // active move other than jobID still needs, deciding under the schema's
 // fence lock: the triggers are shared by every move of the table
-// (hazards.md 14), so one tenant's cancel or cleanup must never unfence
+// (docs/hazards.md 14.5), so one tenant's cancel or cleanup must never unfence
 // another tenant in flight.
 func RemoveFence(ctx context.Context, src *pgx.Conn, schema, jobID string) error {
 	if ok, err := hasFenceTable(ctx, src); err != nil || !ok {
@@ -189,12 +189,12 @@ func Arm(ctx context.Context, src *pgx.Conn, mv Move) (time.Time, error) {
 // and then every prepared transaction: a REPEATABLE READ transaction whose
 // snapshot predates the fence row cannot see it and could otherwise still
 // write, and so could a transaction begun before the fence and prepared
-// after it (hazards.md 9.1).
+// after it (docs/hazards.md 9.1).
 //
 // It sees other roles' transactions without any special privilege: each
 // running transaction holds a lock on its own virtual transaction id,
 // which pg_locks shows to every role (pg_stat_activity's xact_start is
-// NULL for them, hazards.md 14). A virtual transaction id is never reused
+// NULL for them, docs/hazards.md 14.2). A virtual transaction id is never reused
 // for the next transaction of the session, so "gone from pg_locks" means
 // "ended".
 func Barrier(ctx context.Context, src *pgx.Conn) error {

@@ -1,9 +1,9 @@
 // Package db is the one place promoted opens PostgreSQL sessions. Every
 // session it opens runs with the same pinned settings, so text means the
-// same thing on every side (hazards.md 1.9, 2.7), and a cancelled context
+// same thing on every side (docs/hazards.md 1.9, 2.7), and a cancelled context
 // sends the server a cancel request: a stopped promoted never leaves a
 // DELETE or a COPY running on the server with its locks and its xmin
-// horizon (hazards.md 14).
+// horizon (docs/hazards.md 14.7).
 package db
 
 import (
@@ -108,7 +108,7 @@ func OpenRaw(ctx context.Context, side Side, dsn, app string, extra map[string]s
 
 // OpenReplication opens a replication connection to the source. Its
 // settings travel in the startup packet: any command sent after
-// CREATE_REPLICATION_SLOT destroys the exported snapshot (hazards.md 1.1).
+// CREATE_REPLICATION_SLOT destroys the exported snapshot (docs/hazards.md 1.1).
 // A cancelled context only ends the wait for a message: a cancel request
 // would end the walsender's replication, so this connection keeps pgconn's
 // deadline handling.

@@ -406,7 +406,7 @@ func TestSequencesCalledByName(t *testing.T) {
 // customers without an index on the referencing columns: the plan warns,
 // and cleanup empties orders first and VACUUMs it before deleting the
 // customers, so each customer's foreign-key check does not wade through
-// the dead orders (hazards.md 14).
+// the dead orders (docs/hazards.md 14.6).
 func TestCleanupOrdersAndVacuums(t *testing.T) {
 	ctx := context.Background()
 	p := newPromotion(t, true)

@@ -62,7 +62,7 @@ type Job struct {
 	m      *metrics
 
 	src  *pgx.Conn // the coordinator's source session, while Run runs
-	gate *gate
+	gate *apply.Gate
 	// verifying holds a token while a live verification runs.
 	verifying chan struct{}
 	lease     *lease
@@ -234,6 +234,22 @@ func (j *Job) run(ctx context.Context) error {
 	if err := checkOwnership(ctx, src, plan.Tables); err != nil {
 		return err
 	}
+	if !j.cfg.VerifyOnly {
+		if err := checkStateRights(ctx, src, "source"); err != nil {
+			return err
+		}
+		if j.cfg.Promote && j.cfg.Cutover.CatalogDSN != "" {
+			cat, err := db.Open(ctx, db.Catalog, j.cfg.Cutover.CatalogDSN, "promoted")
+			if err != nil {
+				return err
+			}
+			err = checkStateRights(ctx, cat, "catalog")
+			cat.Close(context.Background())
+			if err != nil {
+				return err
+			}
+		}
+	}
 	rec, err := state.ReadJob(ctx, src, j.ID)
 	if err != nil {
 		return err
@@ -322,7 +338,7 @@ func (j *Job) run(ctx context.Context) error {
 	}
 	if prog != nil {
 		// A crash during the copy (the exported snapshot died with the
-		// daemon and cannot be recreated, hazards.md 1.1, 1.7), or a
+		// daemon and cannot be recreated, docs/hazards.md 1.1, 1.7), or a
 		// move cancelled earlier: the copy starts over with a new slot.
 		j.log.Warn("an earlier run stopped before the copy finished, or was cancelled: starting the copy again", "stage", "prepare")
 		if err := j.restart(ctx, src, dst); err != nil {
@@ -513,7 +529,7 @@ func (j *Job) catchup(ctx context.Context, repl *pgconn.PgConn, from promoted.LS
 	defer fetcher.Close(context.Background())
 	sink := apply.NewPostgres(j.cfg.Apply, applyConn, j.ID, from, fetcher, j.cfg.Tenant, j.log.With("stage", "apply"))
 	defer sink.Close(context.Background())
-	gated := newGate(sink)
+	gated := apply.NewGate(sink)
 	scfg := j.cfg.Stream
 	scfg.Slot, scfg.Publication = j.names.Slot, j.names.Publication
 	st, err := stream.New(scfg, repl, j.plan.Tables, j.log.With("stage", "stream"))

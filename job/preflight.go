@@ -35,6 +35,28 @@ func preflight(ctx context.Context, src *pgx.Conn) error {
 	return nil
 }
 
+// checkStateRights refuses, on the source or the catalog database, a role
+// that cannot create (or use) schema promoted, where the move keeps its
+// record, its fence and the catalog.
+func checkStateRights(ctx context.Context, conn *pgx.Conn, side string) error {
+	var role string
+	var canCreateDB, exists, canCreate, canUse bool
+	if err := conn.QueryRow(ctx, `SELECT current_user, has_database_privilege(current_database(), 'CREATE'),
+	        to_regnamespace('promoted') IS NOT NULL,
+	        coalesce(has_schema_privilege(to_regnamespace('promoted'), 'CREATE'), false),
+	        coalesce(has_schema_privilege(to_regnamespace('promoted'), 'USAGE'), false)`).Scan(&role, &canCreateDB, &exists, &canCreate, &canUse); err != nil {
+		return fmt.Errorf("preflight the %s: %w", side, err)
+	}
+	quoted := pgx.Identifier{role}.Sanitize()
+	switch {
+	case !exists && !canCreateDB:
+		return fmt.Errorf("role %s cannot create schema promoted on the %s, where moves keep their record, fence and catalog: GRANT CREATE ON DATABASE (the %s database) TO %s", role, side, side, quoted)
+	case exists && !(canCreate && canUse):
+		return fmt.Errorf("role %s cannot create tables in schema promoted on the %s: GRANT USAGE, CREATE ON SCHEMA promoted TO %s (or ALTER SCHEMA promoted OWNER TO %s)", role, side, quoted, quoted)
+	}
+	return nil
+}
+
 // checkSlots refuses a source without a free replication slot for the
 // move (unless its slot exists already).
 func checkSlots(ctx context.Context, src *pgx.Conn, slotName string) error {

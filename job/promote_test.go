@@ -243,7 +243,7 @@ func TestCutoverTimeoutDisarms(t *testing.T) {
 // PREPAREd after the arm and committed a second later. The barrier must
 // see the application's transactions with the mover's privileges only
 // (pg_stat_activity hides them), so the write commits before the flip and
-// is in the target (hazards.md 9.1, 14).
+// is in the target (docs/hazards.md 9.1, 14.2).
 func TestOldTransactionsCannotSlipPastTheFence(t *testing.T) {
 	for _, prepared := range []bool{false, true} {
 		t.Run(map[bool]string{false: "repeatable_read", true: "prepared"}[prepared], func(t *testing.T) {

@@ -18,7 +18,7 @@ import (
 // visible, so a re-read of the row finds nothing. The row must never be
 // dropped: the apply waits for the commit to become visible; when it
 // waits longer than allowed, the move stops loudly, and a rerun applies
-// the row (hazards.md 3.2, 14).
+// the row (docs/hazards.md 3.2, 14.3).
 func TestRefetchWaitsForTheCommit(t *testing.T) {
 	for _, giveUp := range []bool{false, true} {
 		t.Run(map[bool]string{false: "waits", true: "gives_up_loudly"}[giveUp], func(t *testing.T) {

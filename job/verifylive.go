@@ -4,114 +4,15 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"sync"
 	"time"
 
 	"github.com/jackc/pgx/v5"
 
 	"github.com/promoted/promoted"
-	"github.com/promoted/promoted/apply"
 	"github.com/promoted/promoted/db"
 	"github.com/promoted/promoted/snapshot"
 	"github.com/promoted/promoted/verify"
 )
-
-// gate sits between the stream and the PostgreSQL sink so live
-// verification can stop the apply exactly at an LSN: every transaction
-// that committed before it is applied and durable, none after it is. It
-// holds the apply first and learns the point afterwards, because the point
-// (a new slot's consistent point) lies after every transaction the stream
-// has already received, and the target must not run past it meanwhile.
-type gate struct {
-	*apply.Postgres
-
-	mu      sync.Mutex
-	at      promoted.LSN  // 0: open; holdAll: hold until the point is known
-	updated chan struct{} // closed when at changes from holdAll
-	reached chan struct{}
-	release chan struct{}
-}
-
-const holdAll = promoted.LSN(^uint64(0))
-
-func newGate(p *apply.Postgres) *gate { return &gate{Postgres: p} }
-
-// Apply holds back the first transaction that committed at or after the
-// pause point, after making everything before it durable.
-func (g *gate) Apply(ctx context.Context, txn *promoted.Txn) error {
-	for {
-		g.mu.Lock()
-		at, updated, reached, release := g.at, g.updated, g.reached, g.release
-		g.mu.Unlock()
-		switch {
-		case at == 0:
-			return g.Postgres.Apply(ctx, txn)
-		case at == holdAll:
-			select {
-			case <-updated:
-				continue
-			case <-ctx.Done():
-				return ctx.Err()
-			}
-		}
-		if txn.Heartbeat() {
-			// Nothing of the tenant before EndLSN: once that reaches the
-			// point the target holds exactly the tenant's state there.
-			if err := g.Postgres.Apply(ctx, txn); err != nil || txn.EndLSN < at {
-				return err
-			}
-		} else if txn.FinalLSN < at {
-			return g.Postgres.Apply(ctx, txn)
-		}
-		if err := g.Postgres.Flush(ctx); err != nil {
-			return err
-		}
-		select {
-		case <-reached:
-		default:
-			close(reached)
-		}
-		select {
-		case <-release:
-		case <-ctx.Done():
-			return ctx.Err()
-		}
-		if txn.Heartbeat() {
-			return nil
-		}
-		return g.Postgres.Apply(ctx, txn)
-	}
-}
-
-// hold stops the apply before its next transaction until stopAt or
-// resume.
-func (g *gate) hold() {
-	g.mu.Lock()
-	defer g.mu.Unlock()
-	g.at, g.updated, g.reached, g.release = holdAll, make(chan struct{}), make(chan struct{}), make(chan struct{})
-}
-
-// stopAt lets the apply run up to lsn; the returned channel closes when
-// it is there.
-func (g *gate) stopAt(lsn promoted.LSN) <-chan struct{} {
-	g.mu.Lock()
-	defer g.mu.Unlock()
-	g.at = lsn
-	close(g.updated)
-	return g.reached
-}
-
-func (g *gate) resume() {
-	g.mu.Lock()
-	defer g.mu.Unlock()
-	if g.at == holdAll {
-		close(g.updated)
-	}
-	if g.release != nil {
-		close(g.release)
-	}
-	g.at, g.updated, g.reached, g.release = 0, nil, nil, nil
-}
 
 // ErrVerifyBusy is returned by VerifyLive while another verification of
 // the move runs: verifications hold the apply at one point each, so they
@@ -155,8 +56,8 @@ func (j *Job) verifyAt(ctx context.Context, track bool) (*verify.Result, error) 
 	if g == nil || j.Phase() != "catchup" {
 		return nil, errors.New("the move is not streaming yet: verify once the snapshot is copied")
 	}
-	g.hold()
-	defer g.resume()
+	g.Hold()
+	defer g.Resume()
 	repl, err := snapshot.ConnectReplication(ctx, j.cfg.SourceDSN, j.cfg.SlotTimeout)
 	if err != nil {
 		return nil, err
@@ -189,7 +90,7 @@ func (j *Job) verifyAt(ctx context.Context, track bool) (*verify.Result, error) 
 		return nil, err
 	}
 	defer dst.Close(context.Background())
-	reached := g.stopAt(slot.ConsistentPoint)
+	reached := g.StopAt(slot.ConsistentPoint)
 	select {
 	case <-reached:
 	case <-ctx.Done():
@@ -198,7 +99,10 @@ func (j *Job) verifyAt(ctx context.Context, track bool) (*verify.Result, error) 
 		return nil, fmt.Errorf("verify: the apply did not reach %s within 10 minutes: the lag is too high to verify now", slot.ConsistentPoint)
 	}
 	if track {
-		g.Postgres.StartTracking()
+		j.mu.Lock()
+		sink := j.sink
+		j.mu.Unlock()
+		sink.StartTracking()
 	}
 	j.log.Info("verifying at a consistent point", "stage", "verify", "lsn", slot.ConsistentPoint.String())
 	res, err := verify.Compare(ctx, tx, dst, j.plan.Tables, verify.Options{})

@@ -303,7 +303,7 @@ func (p *Plan) readTable(ctx context.Context, tx pgx.Tx, r rel) (*promoted.Table
 	t.PrimaryKey = pk
 	// A publication that publishes updates and deletes makes every UPDATE
 	// and DELETE of a table without a usable replica identity fail, for
-	// every tenant (hazards.md 4.2).
+	// every tenant (docs/hazards.md 4.2).
 	name := pgx.Identifier{t.Schema, t.Name}.Sanitize()
 	switch t.ReplicaIdentity {
 	case 'n':

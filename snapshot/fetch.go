@@ -15,7 +15,7 @@ import (
 
 // Fetcher re-reads single rows of the tenant from the source, for the apply
 // of a row that entered the tenant with unchanged TOAST values
-// (hazards.md 3.2). Values come back as text under the pinned GUCs, exactly
+// (docs/hazards.md 3.2). Values come back as text under the pinned GUCs, exactly
 // as pgoutput would have sent them.
 type Fetcher struct {
 	dsn string
@@ -41,9 +41,9 @@ SELECT pg_visible_in_snapshot((CASE WHEN cand >= xmax THEN cand - 4294967296 ELS
 // waitVisible waits until the source transaction xid is visible. A commit
 // is decoded as soon as its record is flushed, but other sessions see it
 // only when the committing backend leaves the ProcArray: after the
-// synchronous standby has acknowledged it, when there is one (hazards.md
-// 14). A re-read before that finds the row missing, and the row would be
-// dropped.
+// synchronous standby has acknowledged it, when there is one
+// (docs/hazards.md 14.3). A re-read before that finds the row missing, and
+// the row would be dropped.
 func (f *Fetcher) waitVisible(ctx context.Context, t *promoted.Table, xid uint32) error {
 	deadline := time.Now().Add(f.Wait)
 	for {

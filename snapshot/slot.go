@@ -21,7 +21,7 @@ import (
 
 // ConnectReplication opens a replication connection to the source. An
 // idle-in-transaction timeout must not kill the exporter while the copy
-// runs (hazards.md 1.2), and lockTimeout bounds how long slot creation may
+// runs (docs/hazards.md 1.2), and lockTimeout bounds how long slot creation may
 // wait for older transactions to end (1.4).
 func ConnectReplication(ctx context.Context, dsn string, lockTimeout time.Duration) (*pgconn.PgConn, error) {
 	return db.OpenReplication(ctx, dsn, map[string]string{
@@ -47,7 +47,7 @@ func NamesFor(jobID string) Names {
 // where the table's replica identity covers the tenant column, unfiltered
 // otherwise, because a filter on a column outside the replica identity
 // makes every UPDATE and DELETE of the table fail for every tenant
-// (hazards.md 4.1). It must exist before the slot (1.6).
+// (docs/hazards.md 4.1). It must exist before the slot (1.6).
 func CreatePublication(ctx context.Context, conn *pgx.Conn, name string, tables []*promoted.Table) error {
 	var b strings.Builder
 	b.WriteString("CREATE PUBLICATION ")
@@ -142,7 +142,7 @@ func ReadSlot(ctx context.Context, conn *pgx.Conn, name string) (SlotState, erro
 
 // Drop removes the job's slot and publication from the source, ending a
 // walsender that still holds the slot (an orphan of a killed daemon,
-// hazards.md 6.2). Missing objects are fine.
+// docs/hazards.md 6.2). Missing objects are fine.
 func Drop(ctx context.Context, conn *pgx.Conn, n Names) error {
 	for attempt := 0; ; attempt++ {
 		_, err := conn.Exec(ctx, `SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots WHERE slot_name = $1 AND active_pid IS NOT NULL`, n.Slot)

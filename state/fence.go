@@ -21,7 +21,7 @@ const FenceSQLState = "PM001"
 //
 // It runs with its owner's rights (SECURITY DEFINER, the mover) and a
 // pinned search_path: the application roles that fire it can neither read
-// promoted's tables nor shadow an operator it uses (hazards.md 14). An
+// promoted's tables nor shadow an operator it uses (docs/hazards.md 14.1). An
 // unfenced write costs one index probe of promoted.fence (two when an
 // UPDATE changes the tenant) and no dynamic SQL. It is VOLATILE, so in READ
 // COMMITTED each statement sees a fence armed before it started; older

@@ -12,7 +12,7 @@ import (
 // ErrForeignRow reports a row of another tenant in the stream of a table the
 // server filters: the publication is not what the move created (a second,
 // unfiltered publication, or an ALTER), so nothing more is applied
-// (hazards.md 4.6).
+// (docs/hazards.md 4.6).
 type ErrForeignRow struct{ Table string }
 
 // Fatal marks the error as one no retry can fix.
@@ -24,7 +24,7 @@ func (e *ErrForeignRow) Error() string {
 
 // ErrTruncate reports a TRUNCATE of a moved table. Row filters do not apply
 // to TRUNCATE, so on a pooled table it removed every tenant's rows; it is
-// never replayed (invariant 6, hazards.md 7.2).
+// never replayed (invariant 6, docs/hazards.md 7.2).
 type ErrTruncate struct {
 	Tables []string
 	LSN    promoted.LSN
@@ -115,7 +115,7 @@ func (filter) delete(r *relation, m *pglogrepl.DeleteMessage) (*promoted.Change,
 // key when the old tuple carries it (or there is no old tuple because the
 // identity did not change), else the replica identity columns. Non-identity
 // positions of an old-key tuple are placeholders, never real NULLs
-// (hazards.md 2.6), so only identity positions are used.
+// (docs/hazards.md 2.6), so only identity positions are used.
 func (r *relation) key(old promoted.Row, oldType uint8, newRow promoted.Row) (promoted.Row, []int) {
 	src := old
 	if src == nil {

@@ -14,7 +14,7 @@ import (
 // after every change to the definition, so the map is rebuilt on each
 // Relation message and checked against the plan: a column added, dropped or
 // retyped on the source stops the stream with a clear error rather than
-// losing or misplacing a value (hazards.md 2.3, 7.3).
+// losing or misplacing a value (docs/hazards.md 2.3, 7.3).
 type relation struct {
 	table *promoted.Table
 	// cols[i] is the index in table.Columns of the relation's i-th column.

@@ -1,7 +1,7 @@
 // Package stream reads the tenant's changes from a logical replication slot
 // (pgoutput), in commit order, and hands whole transactions to a Sink. It
 // answers keepalives, and reports to the source only the position the sink
-// has made durable, never what was merely received (hazards.md 5.1).
+// has made durable, never what was merely received (docs/hazards.md 5.1).
 package stream
 
 import (
@@ -276,7 +276,7 @@ func (s *Stream) receive(ctx context.Context, start promoted.LSN, sink promoted.
 	// heartbeat tells the sink that nothing of the tenant is pending before
 	// lsn, when everything handed to it is durable already: the sink records
 	// lsn as progress and the slot advances although the tenant is quiet
-	// (hazards.md 5.3). Acknowledging lsn without recording it first would
+	// (docs/hazards.md 5.3). Acknowledging lsn without recording it first would
 	// let the slot pass the target (invariant 4).
 	heartbeat := func(lsn promoted.LSN) error {
 		d := sink.Durable()
@@ -372,7 +372,7 @@ func (s *Stream) receive(ctx context.Context, start promoted.LSN, sink promoted.
 			case *pglogrepl.BeginMessage:
 				inTxn = true
 				// A transaction whose commit record starts before the resume
-				// point was applied before the restart (hazards.md 5.5).
+				// point was applied before the restart (docs/hazards.md 5.5).
 				skip = m.FinalLSN < start
 				parts = false
 				txn = &promoted.Txn{Xid: m.Xid, FinalLSN: m.FinalLSN, CommitTime: m.CommitTime}
@@ -444,7 +444,7 @@ func (s *Stream) receive(ctx context.Context, start promoted.LSN, sink promoted.
 				if skip || !m.Transactional || m.Prefix != s.cfg.MarkerPrefix || txn == nil {
 					continue
 				}
-				// Content aliases the receive buffer (hazards.md 2.5).
+				// Content aliases the receive buffer (docs/hazards.md 2.5).
 				content := append([]byte(nil), m.Content...)
 				s.log.Debug("marker received", "lsn", xld.WALStart.String())
 				txn.Changes = append(txn.Changes, promoted.Change{Op: promoted.Message, Content: content})

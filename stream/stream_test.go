@@ -188,7 +188,7 @@ func val(r promoted.Row, i int) string {
 }
 
 // TestDaemonFilterTransitions drives a row of a table the daemon filters
-// in, within, out of and outside the tenant (hazards.md 4.3).
+// in, within, out of and outside the tenant (docs/hazards.md 4.3).
 func TestDaemonFilterTransitions(t *testing.T) {
 	f := setup(t, false)
 	mustExec(t, f.conn, `
@@ -223,7 +223,7 @@ func TestDaemonFilterTransitions(t *testing.T) {
 
 // TestServerFilterAndToast: the server filters, an update that leaves a
 // TOASTed value alone sends it as unchanged, and a row entering the tenant
-// arrives as an INSERT with unchanged values (hazards.md 3.1, 3.2).
+// arrives as an INSERT with unchanged values (docs/hazards.md 3.1, 3.2).
 func TestServerFilterAndToast(t *testing.T) {
 	f := setup(t, true)
 	mustExec(t, f.conn, `
@@ -282,7 +282,7 @@ func TestSchemaDriftStops(t *testing.T) {
 }
 
 // TestIdleTenantAdvancesSlot: only other tenants write; the slot must still
-// advance, through heartbeats the sink records (hazards.md 5.3).
+// advance, through heartbeats the sink records (docs/hazards.md 5.3).
 func TestIdleTenantAdvancesSlot(t *testing.T) {
 	f := setup(t, true)
 	mustExec(t, f.conn, `INSERT INTO ev SELECT 8, g, 1, 'x' FROM generate_series(1, 20000) g`)

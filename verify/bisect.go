@@ -109,7 +109,7 @@ func (c *comparer) drillTable(ctx context.Context, ts *tableSQL, s, d sums, res 
 var errMoving = errors.New("the rows changed while they were compared: compare under the fence or an exported snapshot")
 
 // errUnordered means the two sides order the primary key differently, so a
-// key range does not hold the same rows on both sides (hazards.md 10.3).
+// key range does not hold the same rows on both sides (docs/hazards.md 10.3).
 var errUnordered = errors.New("the source and the target order the primary key differently")
 
 // drill narrows a mismatching range whose sums are s and d. Ranges are split

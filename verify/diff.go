@@ -23,7 +23,7 @@ type finding struct {
 //
 // A key listed on one side only is held as pending until the end: when the
 // two sides order keys differently (a text key under different collations,
-// hazards.md 10.3), the same row can fall into one range on the source and
+// docs/hazards.md 10.3), the same row can fall into one range on the source and
 // another on the target, and the second listing then cancels the first.
 // Under one ordering nothing is ever cancelled and every finding is final.
 type diff struct {

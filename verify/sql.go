@@ -71,7 +71,7 @@ func newTableSQL(t *promoted.Table, collate []bool) *tableSQL {
 // canonicalColumns are the quoted columns of the canonical row text:
 // ordered by name, not attnum, because the target's column order may differ
 // from the source's; generated columns are left out because the target
-// computes them itself (hazards.md 10.2).
+// computes them itself (docs/hazards.md 10.2).
 func canonicalColumns(t *promoted.Table) []string {
 	var names []string
 	for _, c := range t.Columns {

@@ -1,7 +1,7 @@
 // Package verify proves that the target holds exactly the tenant's rows the
 // source holds, without moving the rows to the daemon: each side computes a
 // row count and an order-independent 64-bit-per-row checksum in the
-// database (hazards.md 10.2). When a table differs, it bisects by
+// database (docs/hazards.md 10.2). When a table differs, it bisects by
 // primary-key ranges until the differing rows are few enough to list, so the
 // report names the keys that are missing, extra or different (10.3).
 //
@@ -25,7 +25,7 @@ import (
 
 // Querier is what Compare reads through: a *pgx.Conn, or a pgx.Tx so the
 // caller can compare inside a transaction that imported an exported
-// snapshot (hazards.md 10.1). Both sessions must run with
+// snapshot (docs/hazards.md 10.1). Both sessions must run with
 // promoted.SessionParams, which Compare checks before reading anything.
 type Querier interface {
 	Query(ctx context.Context, sql string, args ...any) (pgx.Rows, error)
@@ -185,7 +185,7 @@ func Compare(ctx context.Context, src, dst Querier, tables []*promoted.Table, op
 // checkSession refuses a session whose text output settings differ from
 // promoted.SessionParams: a timestamptz prints differently under another
 // TimeZone, so the checksums would differ although the rows are the same
-// (hazards.md 10.2), and the move would be failed for nothing.
+// (docs/hazards.md 10.2), and the move would be failed for nothing.
 func checkSession(ctx context.Context, q Querier, side string) error {
 	names := make([]string, 0, len(promoted.SessionParams))
 	for name := range promoted.SessionParams {

@@ -62,7 +62,7 @@ func TestNamesDifferingKeys(t *testing.T) {
 	}
 }
 
-// Each mutation of hazards.md 10.2 is detected and named, on a target read
+// Each mutation of docs/hazards.md 10.2 is detected and named, on a target read
 // through a transaction (the way a caller passes an imported snapshot).
 func TestDetectsMutations(t *testing.T) {
 	it := newItems(t, 3000)

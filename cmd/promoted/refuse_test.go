@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"fmt"
 	"strings"
 	"testing"
 
@@ -231,6 +232,13 @@ func TestRefusePlan(t *testing.T) {
 		srcDSN, dstDSN := sdb.Admin, ddb.Admin
 		mustExec(t, ctx, srcDSN, `CREATE UNIQUE INDEX events_ri ON events (tenant_id, id); ALTER TABLE events REPLICA IDENTITY USING INDEX events_ri; DROP INDEX events_ri`)
 		expectRefusal(t, srcDSN, dstDSN, "that index was dropped", "--source", sdb.Mover, "--sink", ddb.Mover, "--tenant", "1")
+	})
+	t.Run("no_create_on_source", func(t *testing.T) {
+		sdb, ddb := src.NewSaaS(t, 20, 2), dst.NewTenantDB(t)
+		// The mover acts as the tables' owner, who owns the database:
+		// hand the database to another role and withhold CREATE.
+		mustExec(t, ctx, sdb.Admin, fmt.Sprintf(`ALTER DATABASE %s OWNER TO postgres; REVOKE CREATE ON DATABASE %[1]s FROM %s`, sdb.Name, testenv.Mover))
+		expectRefusal(t, sdb.Admin, ddb.Admin, "cannot create schema promoted on the source", "--source", sdb.Mover, "--sink", ddb.Mover, "--tenant", "1")
 	})
 	t.Run("target_table_unreadable", func(t *testing.T) {
 		sdb, ddb := src.NewSaaS(t, 20, 2), dst.NewTenantDB(t)
