@@ -13,6 +13,9 @@ import (
 // the few whose outcome decides the next statement (a row new to the target
 // that arrived with unchanged TOAST values) run synchronously, in order.
 func (p *Postgres) change(ctx context.Context, c *promoted.Change) error {
+	if p.Lose != nil && p.Lose(c) {
+		return nil
+	}
 	t := c.Table
 	if c.Op != promoted.Message {
 		p.changes.Add(1)

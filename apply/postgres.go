@@ -96,6 +96,10 @@ type Postgres struct {
 	log   *slog.Logger
 	m     *metrics
 
+	// Lose, when set, drops the changes it returns true for, unapplied and
+	// untracked: tests use it to prove a change the stream lost is caught.
+	Lose func(*promoted.Change) bool
+
 	durable atomic.Uint64
 	changes atomic.Int64
 	// tracking is set once StartTracking has run.

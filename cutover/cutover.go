@@ -37,8 +37,8 @@ type Config struct {
 	// (0: 30s).
 	SettleWait time.Duration
 	// FenceCheck is what is compared under the fence after the full live
-	// verification just before it: everything (CheckFull), the counts and
-	// the rows changed since (CheckChanged), or the first when it is
+	// verification just before it: everything (CheckFull), the rows written
+	// since then, as the source recorded them (CheckChanged), or the first when it is
 	// quick (CheckAuto).
 	FenceCheck string
 }
@@ -58,7 +58,7 @@ func (c *Config) Bind(fs *pflag.FlagSet) {
 	fs.StringVar(&c.FlipSQL, "flip-sql", "", "flip your own routing table instead of promoted.tenant_catalog: $1 tenant, $2 location, $3 target schema")
 	fs.StringVar(&c.CatalogDSN, "catalog", "", "catalog database connection string (default: the source)")
 	fs.BoolVar(&c.SkipVerify, "skip-verify", false, "do not compare counts and checksums under the fence (faster, unchecked)")
-	fs.StringVar(&c.FenceCheck, "fence-check", CheckAuto, "what is compared under the fence: full (every row), changed (counts and the rows changed since the live verification just before), or auto (full when that is quick)")
+	fs.StringVar(&c.FenceCheck, "fence-check", CheckAuto, "what is compared under the fence: full (every row), changed (the rows written since the live verification just before, recorded by the source), or auto (full when that is quick)")
 }
 
 // Validate checks the configuration.

@@ -59,12 +59,16 @@ func InstallFence(ctx context.Context, src *pgx.Conn, schema string, tables []*p
 			continue
 		}
 		name := pgx.Identifier{t.Schema, t.Name}.Sanitize()
+		args := make([]string, len(t.PrimaryKey))
+		for i, k := range t.PrimaryKey {
+			args[i] = promoted.QuoteLiteral(t.Columns[k].Name)
+		}
 		stmt := fmt.Sprintf(`DROP TRIGGER IF EXISTS %[1]s ON %[2]s;
 DROP TRIGGER IF EXISTS %[3]s ON %[2]s;
-CREATE TRIGGER %[1]s BEFORE INSERT OR UPDATE OR DELETE ON %[2]s FOR EACH ROW EXECUTE FUNCTION promoted.%[4]s();
-CREATE TRIGGER %[3]s BEFORE TRUNCATE ON %[2]s FOR EACH STATEMENT EXECUTE FUNCTION promoted.%[4]s();
+CREATE TRIGGER %[1]s BEFORE INSERT OR UPDATE OR DELETE ON %[2]s FOR EACH ROW EXECUTE FUNCTION promoted.%[4]s(%[5]s);
+CREATE TRIGGER %[3]s BEFORE TRUNCATE ON %[2]s FOR EACH STATEMENT EXECUTE FUNCTION promoted.%[4]s(%[5]s);
 ALTER TABLE %[2]s ENABLE ALWAYS TRIGGER %[1]s;
-ALTER TABLE %[2]s ENABLE ALWAYS TRIGGER %[3]s`, TriggerName, name, TruncateTriggerName, fn)
+ALTER TABLE %[2]s ENABLE ALWAYS TRIGGER %[3]s`, TriggerName, name, TruncateTriggerName, fn, strings.Join(args, ", "))
 		if err := ExecLockRetry(ctx, src, stmt); err != nil {
 			return fmt.Errorf("install fence on %s: %w", t, err)
 		}
@@ -73,13 +77,17 @@ ALTER TABLE %[2]s ENABLE ALWAYS TRIGGER %[3]s`, TriggerName, name, TruncateTrigg
 }
 
 // triggersInPlace reports whether both fence triggers of t exist, call fn
-// and are enabled ALWAYS.
+// with the table's primary-key columns, and are enabled ALWAYS.
 func triggersInPlace(ctx context.Context, q state.Querier, t *promoted.Table, fn string) (bool, error) {
+	var args []byte
+	for _, k := range t.PrimaryKey {
+		args = append(append(args, t.Columns[k].Name...), 0)
+	}
 	var n int
 	err := q.QueryRow(ctx, `SELECT count(*) FROM pg_trigger g
 	    WHERE g.tgrelid = $1::regclass AND g.tgname IN ($2, $3) AND g.tgenabled = 'A'
-	      AND g.tgfoid = ('promoted.' || $4 || '()')::regprocedure`,
-		pgx.Identifier{t.Schema, t.Name}.Sanitize(), TriggerName, TruncateTriggerName, fn).Scan(&n)
+	      AND g.tgfoid = ('promoted.' || $4 || '()')::regprocedure AND g.tgargs = $5`,
+		pgx.Identifier{t.Schema, t.Name}.Sanitize(), TriggerName, TruncateTriggerName, fn, args).Scan(&n)
 	return n == 2, err
 }
 

@@ -5,11 +5,13 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/jackc/pgx/v5/pgconn"
 
+	"github.com/promoted/promoted"
 	"github.com/promoted/promoted/cutover"
 )
 
@@ -272,5 +274,50 @@ func TestDriftStopsTheCutover(t *testing.T) {
 				t.Errorf("%d fences armed after the refusal", n)
 			}
 		})
+	}
+}
+
+// TestLostUpdateStopsTheFlip loses one UPDATE of tenant 1 in the sink
+// after the full verification before the fence, as a broken stream
+// would: the check under the fence (flat in the tenant's size) re-compares
+// the rows the source recorded as written, finds the lost one, and the
+// catalog does not flip.
+func TestLostUpdateStopsTheFlip(t *testing.T) {
+	ctx := context.Background()
+	p := newPromotion(t, true)
+	p.job.cfg.Cutover.FenceCheck = cutover.CheckChanged
+	var lost atomic.Bool
+	p.job.Hooks.Lose = func(c *promoted.Change) bool {
+		if c.Op == promoted.Update && c.Table.Name == "customers" && strings.Contains(string(c.New[c.Table.ColumnIndex("name")].Data), "lost") {
+			lost.Store(true)
+			return true
+		}
+		return false
+	}
+	// BeforeArm runs after the full verification before the fence: the
+	// update lands between the two, and the sink loses it.
+	updated := false
+	p.job.Hooks.Cutover.BeforeArm = func() {
+		if updated {
+			return
+		}
+		updated = true
+		mustExec(t, ctx, p.src.App, `UPDATE customers SET name = 'lost update' WHERE tenant_id = 1 AND id = (SELECT min(id) FROM customers WHERE tenant_id = 1)`)
+		end := currentLSN(t, ctx, p.srcDSN)
+		waitFor(t, 30*time.Second, "the apply to pass the update", func() bool { return p.job.Applied() >= end })
+	}
+	err := p.job.Run(ctx)
+	if !lost.Load() {
+		t.Fatal("the update was never lost: the test proves nothing")
+	}
+	if err == nil || !strings.Contains(err.Error(), "differs") {
+		t.Fatalf("promote with a lost update: %v, want the cutover to refuse to flip", err)
+	}
+	t.Logf("refusal: %v", err)
+	if v := queryOne[int64](t, ctx, p.srcDSN, `SELECT version FROM promoted.tenant_catalog WHERE tenant_id = '1'`); v != 1 {
+		t.Errorf("catalog version %d after the refusal, want 1", v)
+	}
+	if n := queryOne[int64](t, ctx, p.srcDSN, `SELECT count(*) FROM promoted.fence`); n != 0 {
+		t.Errorf("%d fence rows left after the refusal", n)
 	}
 }

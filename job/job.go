@@ -41,6 +41,9 @@ type Hooks struct {
 	BeforeCutover func(ctx context.Context)
 	// Cutover runs at the cutover's irreversible steps.
 	Cutover cutover.Hooks
+	// Lose drops the changes it returns true for in the sink, as a
+	// broken stream would.
+	Lose func(*promoted.Change) bool
 }
 
 // Job is one tenant move.
@@ -528,6 +531,7 @@ func (j *Job) catchup(ctx context.Context, repl *pgconn.PgConn, from promoted.LS
 	}
 	defer fetcher.Close(context.Background())
 	sink := apply.NewPostgres(j.cfg.Apply, applyConn, j.ID, from, fetcher, j.cfg.Tenant, j.log.With("stage", "apply"))
+	sink.Lose = j.Hooks.Lose
 	defer sink.Close(context.Background())
 	gated := apply.NewGate(sink)
 	scfg := j.cfg.Stream

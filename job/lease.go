@@ -3,6 +3,7 @@ package job
 import (
 	"context"
 	"fmt"
+	"time"
 
 	"github.com/jackc/pgx/v5"
 
@@ -12,7 +13,10 @@ import (
 // lease is a session-level advisory lock on the source held for the
 // job's lifetime: a second daemon on the same tenant is refused while the
 // first runs, and a crashed daemon's lease ends with its session.
-type lease struct{ conn *pgx.Conn }
+type lease struct {
+	conn  *pgx.Conn
+	jobID string
+}
 
 func acquireLease(ctx context.Context, dsn, jobID, tenant string) (*lease, error) {
 	conn, err := db.Open(ctx, db.Source, dsn, "promoted-lease")
@@ -32,11 +36,18 @@ func acquireLease(ctx context.Context, dsn, jobID, tenant string) (*lease, error
 		conn.Close(context.Background())
 		return nil, fmt.Errorf("another promoted is already moving tenant %s (job %s, source session %s): wait for it to finish, or stop it first", tenant, jobID, holder)
 	}
-	return &lease{conn: conn}, nil
+	return &lease{conn: conn, jobID: jobID}, nil
 }
 
+// release unlocks the lease before closing its session: a closed
+// session's locks go only when its backend has exited, a moment later,
+// and a cancel or rerun right after must not find the lease still taken.
 func (l *lease) release() {
-	if l != nil {
-		l.conn.Close(context.Background())
+	if l == nil {
+		return
 	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	l.conn.Exec(ctx, `SELECT pg_advisory_unlock(hashtext('promoted'), hashtext($1))`, l.jobID)
+	l.conn.Close(ctx)
 }

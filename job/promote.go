@@ -96,12 +96,13 @@ func (j *Job) preparePromote(ctx context.Context, src *pgx.Conn) (bool, error) {
 	if err != nil {
 		return false, err
 	}
+	// The catalog did not flip, so the source is still authoritative: let
+	// the tenant write again before anything else (and stop any tracking
+	// an earlier run left).
+	if err := state.DisarmFence(ctx, src, j.cfg.Schema, tenant, j.ID); err != nil {
+		return false, err
+	}
 	if armed {
-		// The catalog did not flip, so the source is still authoritative:
-		// let the tenant write again before anything else.
-		if err := state.DisarmFence(ctx, src, j.cfg.Schema, tenant, j.ID); err != nil {
-			return false, err
-		}
 		j.log.Warn("an earlier run stopped during the cutover before the flip: fence disarmed, the source stays authoritative", "stage", "cutover")
 	}
 	if err := cutover.InstallFence(ctx, src, j.cfg.Schema, j.plan.Tables); err != nil {
@@ -123,7 +124,10 @@ func (j *Job) cutover(ctx context.Context, st *stream.Stream, sink *apply.Postgr
 	defer src.Close(context.Background())
 	var check func(context.Context, *pgx.Conn, *pgx.Conn) (*verify.Result, error)
 	if !j.cfg.Cutover.SkipVerify {
-		if check, err = j.preVerify(ctx, sink); err != nil {
+		if check, err = j.preVerify(ctx, src, sink); err != nil {
+			if derr := state.StopTracking(context.Background(), src, j.ID); derr != nil {
+				j.log.Error("stop tracking the tenant's writes", "err", derr)
+			}
 			if perr := state.SetJobPhase(context.Background(), src, j.ID, state.PhaseFailed, err.Error(), nil); perr != nil {
 				j.log.Error("record the failed verification", "err", perr)
 			}
@@ -158,10 +162,18 @@ func (j *Job) cutover(ctx context.Context, st *stream.Stream, sink *apply.Postgr
 	sum, err := c.Run(ctx, cutover.Move{JobID: j.ID, Tenant: j.plan.Tenant(), Schema: j.cfg.Schema,
 		TargetSchema: j.cfg.TargetSchema, Tables: j.plan.Tables, Sequences: j.plan.Sequences, Entry: j.entry}, sink, lag)
 	if err != nil {
+		// The cutover disarmed its fence, or kept it armed on purpose;
+		// tracking alone never outlives a failed attempt.
+		if derr := state.StopTracking(context.Background(), src, j.ID); derr != nil {
+			j.log.Error("stop tracking the tenant's writes", "err", derr)
+		}
 		if perr := state.SetJobPhase(context.Background(), src, j.ID, state.PhaseFailed, err.Error(), nil); perr != nil {
 			j.log.Error("record failed cutover", "err", perr)
 		}
 		return stop(fmt.Errorf("cutover: %w", err))
+	}
+	if err := state.ClearChanged(ctx, src, j.ID); err != nil {
+		j.log.Warn("forget the rows written since the verification (the flip is done)", "err", err)
 	}
 	blocked := sum.Blocked.Milliseconds()
 	if err := state.SetJobPhase(ctx, src, j.ID, state.PhaseFlipped, "", &blocked); err != nil {
@@ -177,12 +189,39 @@ func (j *Job) cutover(ctx context.Context, st *stream.Stream, sink *apply.Postgr
 }
 
 // preVerify compares the whole tenant at a consistent point before the
-// fence, without blocking its writes, and starts tracking the rows changed
-// after that point. Under the fence only those rows and the tables' counts
-// are then re-checked, unless the whole comparison is quick enough to
-// repeat there (a tenant of any size then cuts over in about the same
-// time).
-func (j *Job) preVerify(ctx context.Context, sink *apply.Postgres) (func(context.Context, *pgx.Conn, *pgx.Conn) (*verify.Result, error), error) {
+// fence, without blocking its writes, and from then on has the source
+// record the key of every row of the tenant written (state.Track, through
+// the fence trigger) while the sink records every row it changes. Under
+// the fence only those rows are re-compared: the fence then lasts as long
+// as the changes since the verification, not the tenant's size, and a
+// change the stream lost is still caught, because the source recorded its
+// key itself. With --fence-check full, or auto when the whole comparison is
+// quick, everything is compared again under the fence instead.
+func (j *Job) preVerify(ctx context.Context, src *pgx.Conn, sink *apply.Postgres) (func(context.Context, *pgx.Conn, *pgx.Conn) (*verify.Result, error), error) {
+	fence := state.Fence{Schema: j.cfg.Schema, Tenant: j.plan.Tenant(), JobID: j.ID, Tables: j.plan.TableNames()}
+	tracking := j.cfg.Cutover.FenceCheck != cutover.CheckFull
+	if tracking {
+		if err := state.Track(ctx, src, fence); err != nil {
+			return nil, err
+		}
+		// A transaction that began before tracking may write without its
+		// key recorded: wait them out before the verified point. When one
+		// stays open too long, compare everything under the fence
+		// instead (slower for a large tenant, never wrong).
+		bctx, cancel := context.WithTimeout(ctx, 2*j.cfg.Cutover.Timeout)
+		err := cutover.Barrier(bctx, src)
+		cancel()
+		if err != nil {
+			if ctx.Err() != nil {
+				return nil, ctx.Err()
+			}
+			j.log.Warn("transactions older than the tracking of the tenant's writes are still open: everything is compared again under the fence", "stage", "cutover", "err", err)
+			if err := state.StopTracking(ctx, src, j.ID); err != nil {
+				return nil, err
+			}
+			tracking = false
+		}
+	}
 	pre, err := j.verifyTurn(ctx, true)
 	if err != nil {
 		return nil, err
@@ -191,37 +230,47 @@ func (j *Job) preVerify(ctx context.Context, sink *apply.Postgres) (func(context
 	if !pre.Equal() {
 		return nil, fmt.Errorf("the target differs from the source before the fence, so no cutover was tried: %s", strings.ReplaceAll(pre.Summary(), "\n", "; "))
 	}
-	switch j.cfg.Cutover.FenceCheck {
-	case cutover.CheckFull:
-		return nil, nil
-	case cutover.CheckAuto:
-		if pre.Duration < j.cfg.Cutover.Timeout/20 {
-			return nil, nil // the full comparison under the fence is cheap
-		}
+	if !tracking || (j.cfg.Cutover.FenceCheck == cutover.CheckAuto && pre.Duration < j.cfg.Cutover.Timeout/20) {
+		return nil, nil // compare everything under the fence: it is cheap
 	}
 	tables := j.plan.Tables
 	return func(ctx context.Context, src, dst *pgx.Conn) (*verify.Result, error) {
 		start := time.Now()
 		touched := sink.Touched()
+		written, err := state.ChangedKeys(ctx, src, j.ID)
+		if err != nil {
+			return nil, err
+		}
 		res := &verify.Result{}
 		for _, t := range tables {
-			var tr verify.TableResult
-			if touched.Whole[t] {
-				full, err := verify.Compare(ctx, src, dst, []*promoted.Table{t}, verify.Options{})
-				if err != nil {
-					return nil, err
-				}
-				tr = full.Tables[0]
-			} else if tr, err = verify.CompareKeys(ctx, src, dst, t, touched.Keys[t], verify.Options{}); err != nil {
+			keys := unionKeys(touched.Keys[t], written[t.Name])
+			tr, err := verify.CompareKeys(ctx, src, dst, t, keys, verify.Options{NoCounts: true})
+			if err != nil {
 				return nil, err
 			}
 			res.Tables = append(res.Tables, tr)
-			res.Rows += int64(len(touched.Keys[t]))
+			res.Rows += int64(len(keys))
 		}
 		res.Duration = time.Since(start)
 		j.log.Info("re-checked the rows changed since the full verification", "stage", "cutover", "rows", res.Rows, "ms", res.Duration.Milliseconds())
 		return res, nil
 	}, nil
+}
+
+// unionKeys merges two key lists without repeats.
+func unionKeys(a, b [][]string) [][]string {
+	seen := make(map[string]bool, len(a)+len(b))
+	var out [][]string
+	for _, list := range [][][]string{a, b} {
+		for _, k := range list {
+			id := strings.Join(k, "\x00")
+			if !seen[id] {
+				seen[id] = true
+				out = append(out, k)
+			}
+		}
+	}
+	return out
 }
 
 // waitCaughtUp returns once the target is close enough behind the source

@@ -251,8 +251,13 @@ func TestOldTransactionsCannotSlipPastTheFence(t *testing.T) {
 			p := newPromotion(t, true)
 			rr := connectPinned(t, ctx, p.src.App)
 			defer rr.Close(ctx)
-			if _, err := rr.Exec(ctx, `BEGIN ISOLATION LEVEL REPEATABLE READ; SELECT count(*) FROM customers`); err != nil {
-				t.Fatal(err)
+			// Opened just before the fence is armed (after the
+			// verification before it, which waits out older transactions).
+			p.job.Hooks.Cutover.BeforeArm = func() {
+				p.armedAt = time.Now()
+				if _, err := rr.Exec(ctx, `BEGIN ISOLATION LEVEL REPEATABLE READ; SELECT count(*) FROM customers`); err != nil {
+					t.Error(err)
+				}
 			}
 			var wrote error
 			var committedAt time.Time

@@ -1,6 +1,7 @@
 package snapshot
 
 import (
+	"bufio"
 	"context"
 	"fmt"
 	"io"
@@ -61,6 +62,10 @@ func (c *CopyConfig) Validate() error {
 	}
 	return nil
 }
+
+// copyBuffer is how much of the source's COPY output is handed to the
+// target's COPY at a time.
+const copyBuffer = 256 << 10
 
 // TableResult is what the copy did for one table.
 type TableResult struct {
@@ -238,7 +243,7 @@ func (c *Copier) worker(ctx context.Context, work <-chan chunk) error {
 // inside a REPEATABLE READ READ ONLY transaction that imported the slot's
 // snapshot, straight into COPY FROM STDIN on the target. Each chunk has its
 // own importing transaction, so no table lock outlives its copy
-// (hazards.md 1.3, 1.8).
+// (docs/hazards.md 1.3, 1.8).
 func (c *Copier) copyChunk(ctx context.Context, src, dst *pgconn.PgConn, ch chunk) error {
 	t := ch.table
 	start := time.Now()
@@ -267,7 +272,14 @@ func (c *Copier) copyChunk(ctx context.Context, src, dst *pgconn.PgConn, ch chun
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
-		_, outErr = src.CopyTo(ctx, pw, query)
+		// CopyTo writes every row's CopyData message separately: through
+		// an unbuffered pipe each row would be a goroutine hand-off, which
+		// made the copy several times slower than psql | psql.
+		bw := bufio.NewWriterSize(pw, copyBuffer)
+		_, outErr = src.CopyTo(ctx, bw, query)
+		if outErr == nil {
+			outErr = bw.Flush()
+		}
 		pw.CloseWithError(outErr)
 	}()
 	tag, inErr := dst.CopyFrom(ctx, counter, into)

@@ -17,39 +17,58 @@ import (
 const FenceSQLState = "PM001"
 
 // FenceFunction returns the name and DDL of the fence's trigger function
-// for tables whose tenant column is col.
+// for tables whose tenant column is col. The trigger passes the table's
+// primary-key columns as arguments.
 //
 // It runs with its owner's rights (SECURITY DEFINER, the mover) and a
 // pinned search_path: the application roles that fire it can neither read
-// promoted's tables nor shadow an operator it uses (docs/hazards.md 14.1). An
-// unfenced write costs one index probe of promoted.fence (two when an
-// UPDATE changes the tenant) and no dynamic SQL. It is VOLATILE, so in READ
-// COMMITTED each statement sees a fence armed before it started; older
-// snapshots are the barrier's business.
+// promoted's tables nor shadow an operator it uses (docs/hazards.md 14.1).
+// A write costs one index probe of promoted.fence (two when an UPDATE
+// changes the tenant) and no dynamic SQL. It is VOLATILE, so in READ
+// COMMITTED each statement sees a fence row added before it started;
+// older snapshots are the barrier's business.
+//
+// A fence row is armed, or only tracking: then the keys of the tenant's
+// rows written are recorded in promoted.changed, by the source itself and
+// independently of the change stream, so the check under the fence can
+// re-compare exactly the rows changed since the last full verification
+// and still catch a change the stream lost.
 //
 // The only way past an armed fence is a row in promoted.fence_bypass with
 // the writing transaction's own id, which only the mover can insert and
 // which no other transaction can see (cleanup deleting the old rows). A
 // session setting would do for any role: SET needs no privilege for a
-// custom setting.
+// custom setting (docs/hazards.md 14.4).
 func FenceFunction(col string) (name, ddl string) {
 	h := sha256.Sum256([]byte(col))
 	name = "fence_" + hex.EncodeToString(h[:6])
 	c := promoted.QuoteIdent(col)
-	fenced := func(v string) string {
-		return fmt.Sprintf(`IF EXISTS (SELECT 1 FROM promoted.fence f WHERE f.schema_name = TG_TABLE_SCHEMA AND f.tenant_id = %[1]s
-                  AND (f.tables IS NULL OR TG_TABLE_NAME = ANY (f.tables)))
-           AND NOT EXISTS (SELECT 1 FROM promoted.fence_bypass b WHERE b.xid = pg_current_xact_id_if_assigned()) THEN
-            RAISE EXCEPTION USING ERRCODE = '%[2]s',
-                MESSAGE = format('tenant %%s is moving to a new location: writes to %%I.%%I are fenced; re-resolve the tenant''s location and retry', %[1]s, TG_TABLE_SCHEMA, TG_TABLE_NAME);
-        END IF;`, v, FenceSQLState)
+	key := func(row string) string {
+		return `(SELECT jsonb_agg(to_jsonb(` + row + `) -> k.a ORDER BY k.o) FROM unnest(TG_ARGV) WITH ORDINALITY AS k(a, o))`
 	}
+	check := func(row, also string) string {
+		return fmt.Sprintf(`SELECT fe.armed, fe.job_id INTO f FROM promoted.fence fe
+         WHERE fe.schema_name = TG_TABLE_SCHEMA AND fe.tenant_id = v AND (fe.tables IS NULL OR TG_TABLE_NAME = ANY (fe.tables));
+        IF FOUND THEN
+            IF NOT f.armed THEN
+                INSERT INTO promoted.changed VALUES (f.job_id, TG_TABLE_NAME, %[1]s) ON CONFLICT DO NOTHING;%[2]s
+            ELSIF NOT EXISTS (SELECT 1 FROM promoted.fence_bypass b WHERE b.xid = pg_current_xact_id_if_assigned()) THEN
+                RAISE EXCEPTION USING ERRCODE = '%[3]s',
+                    MESSAGE = format('tenant %%s is moving to a new location: writes to %%I.%%I are fenced; re-resolve the tenant''s location and retry', v, TG_TABLE_SCHEMA, TG_TABLE_NAME);
+            END IF;
+        END IF;`, key(row), also, FenceSQLState)
+	}
+	oldToo := `
+                IF TG_OP = 'UPDATE' THEN
+                    INSERT INTO promoted.changed VALUES (f.job_id, TG_TABLE_NAME, ` + key("OLD") + `) ON CONFLICT DO NOTHING;
+                END IF;`
 	body := fmt.Sprintf(`
 DECLARE
     v text;
+    f record;
 BEGIN
     IF TG_OP = 'TRUNCATE' THEN
-        IF EXISTS (SELECT 1 FROM promoted.fence f WHERE f.schema_name = TG_TABLE_SCHEMA AND (f.tables IS NULL OR TG_TABLE_NAME = ANY (f.tables))) THEN
+        IF EXISTS (SELECT 1 FROM promoted.fence fe WHERE fe.armed AND fe.schema_name = TG_TABLE_SCHEMA AND (fe.tables IS NULL OR TG_TABLE_NAME = ANY (fe.tables))) THEN
             RAISE EXCEPTION USING ERRCODE = '%[1]s',
                 MESSAGE = format('%%I.%%I cannot be truncated while a tenant of it is moving (promoted)', TG_TABLE_SCHEMA, TG_TABLE_NAME);
         END IF;
@@ -61,13 +80,13 @@ BEGIN
     END IF;
     IF TG_OP = 'DELETE' OR (TG_OP = 'UPDATE' AND OLD.%[2]s IS DISTINCT FROM NEW.%[2]s) THEN
         v := OLD.%[2]s::text;
-        %[3]s
+        %[4]s
     END IF;
     IF TG_OP = 'DELETE' THEN
         RETURN OLD;
     END IF;
     RETURN NEW;
-END`, FenceSQLState, c, fenced("v"))
+END`, FenceSQLState, c, check("NEW", oldToo), check("OLD", ""))
 	ddl = `CREATE OR REPLACE FUNCTION promoted.` + name + `() RETURNS trigger LANGUAGE plpgsql VOLATILE
     SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS ` + promoted.DollarQuote(body)
 	return name, ddl
@@ -90,8 +109,9 @@ func ArmFence(ctx context.Context, conn *pgx.Conn, f Fence, check func(pgx.Tx) e
 		return time.Time{}, fmt.Errorf("arm fence: %w", err)
 	}
 	defer tx.Rollback(context.Background())
-	if _, err := tx.Exec(ctx, `INSERT INTO promoted.fence (schema_name, tenant_id, job_id, tables) VALUES ($1, $2, $3, $4)
-	    ON CONFLICT (schema_name, tenant_id) DO UPDATE SET job_id = EXCLUDED.job_id, tables = EXCLUDED.tables
+	if _, err := tx.Exec(ctx, `INSERT INTO promoted.fence (schema_name, tenant_id, job_id, tables, armed) VALUES ($1, $2, $3, $4, true)
+	    ON CONFLICT (schema_name, tenant_id) DO UPDATE SET job_id = EXCLUDED.job_id, tables = EXCLUDED.tables, armed = true,
+	        armed_at = clock_timestamp()
 	    WHERE promoted.fence.job_id = EXCLUDED.job_id`, f.Schema, f.Tenant, f.JobID, f.Tables); err != nil {
 		return time.Time{}, fmt.Errorf("arm fence: %w", err)
 	}
@@ -114,8 +134,71 @@ func ArmFence(ctx context.Context, conn *pgx.Conn, f Fence, check func(pgx.Tx) e
 	return at, nil
 }
 
-// DisarmFence removes this job's fence row: the tenant can write to the
-// source again.
+// Track starts recording the keys of the tenant's rows written on the
+// source (promoted.changed), without fencing anything. It only covers
+// transactions that start after it: wait out the older ones (the
+// cutover's barrier) before relying on it.
+func Track(ctx context.Context, q Querier, f Fence) error {
+	if err := ClearChanged(ctx, q, f.JobID); err != nil {
+		return err
+	}
+	tag, err := q.Exec(ctx, `INSERT INTO promoted.fence (schema_name, tenant_id, job_id, tables, armed) VALUES ($1, $2, $3, $4, false)
+	    ON CONFLICT (schema_name, tenant_id) DO UPDATE SET tables = EXCLUDED.tables, armed = false
+	    WHERE promoted.fence.job_id = EXCLUDED.job_id`, f.Schema, f.Tenant, f.JobID, f.Tables)
+	if err != nil {
+		return fmt.Errorf("track the tenant's writes: %w", err)
+	}
+	if tag.RowsAffected() == 0 {
+		return fmt.Errorf("tenant %s of schema %s is fenced by another move: finish or cancel that move first", f.Tenant, f.Schema)
+	}
+	return nil
+}
+
+// ChangedKeys returns the keys of the tenant's rows written since Track,
+// per table: each key is the primary-key columns' values as text.
+func ChangedKeys(ctx context.Context, q Querier, jobID string) (map[string][][]string, error) {
+	rows, err := q.Query(ctx, `SELECT table_name, array(SELECT jsonb_array_elements_text(key)) FROM promoted.changed WHERE job_id = $1`, jobID)
+	if err != nil {
+		return nil, fmt.Errorf("read the rows written since the verification: %w", err)
+	}
+	out := map[string][][]string{}
+	var table string
+	var key []string
+	_, err = pgx.ForEachRow(rows, []any{&table, &key}, func() error {
+		out[table] = append(out[table], append([]string(nil), key...))
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("read the rows written since the verification: %w", err)
+	}
+	return out, nil
+}
+
+// StopTracking removes the job's fence row if it only tracks (never an
+// armed one), and the keys it recorded.
+func StopTracking(ctx context.Context, q Querier, jobID string) error {
+	if ok, err := exists(ctx, q, "fence"); err != nil || !ok {
+		return err
+	}
+	if _, err := q.Exec(ctx, `DELETE FROM promoted.fence WHERE job_id = $1 AND NOT armed`, jobID); err != nil {
+		return fmt.Errorf("stop tracking the tenant's writes: %w", err)
+	}
+	return ClearChanged(ctx, q, jobID)
+}
+
+// ClearChanged forgets the keys recorded for the job.
+func ClearChanged(ctx context.Context, q Querier, jobID string) error {
+	if ok, err := exists(ctx, q, "changed"); err != nil || !ok {
+		return err
+	}
+	if _, err := q.Exec(ctx, `DELETE FROM promoted.changed WHERE job_id = $1`, jobID); err != nil {
+		return fmt.Errorf("forget the rows written since the verification: %w", err)
+	}
+	return nil
+}
+
+// DisarmFence removes this job's fence row, armed or tracking, and the
+// keys it recorded: the tenant can write to the source again.
 func DisarmFence(ctx context.Context, q Querier, schema, tenant, jobID string) error {
 	if ok, err := exists(ctx, q, "fence"); err != nil || !ok {
 		return err
@@ -123,7 +206,7 @@ func DisarmFence(ctx context.Context, q Querier, schema, tenant, jobID string) e
 	if _, err := q.Exec(ctx, `DELETE FROM promoted.fence WHERE schema_name = $1 AND tenant_id = $2 AND job_id = $3`, schema, tenant, jobID); err != nil {
 		return fmt.Errorf("disarm fence: %w", err)
 	}
-	return nil
+	return ClearChanged(ctx, q, jobID)
 }
 
 // FenceArmed reports whether this job's fence is armed, and since when.
@@ -132,7 +215,7 @@ func FenceArmed(ctx context.Context, q Querier, jobID string) (bool, time.Time, 
 		return false, time.Time{}, err
 	}
 	var at time.Time
-	err := q.QueryRow(ctx, `SELECT armed_at FROM promoted.fence WHERE job_id = $1`, jobID).Scan(&at)
+	err := q.QueryRow(ctx, `SELECT armed_at FROM promoted.fence WHERE job_id = $1 AND armed`, jobID).Scan(&at)
 	if err == pgx.ErrNoRows {
 		return false, time.Time{}, nil
 	}

@@ -55,8 +55,15 @@ CREATE TABLE IF NOT EXISTS promoted.fence (
     PRIMARY KEY (schema_name, tenant_id)
 );
 ALTER TABLE promoted.fence ADD COLUMN IF NOT EXISTS tables text[];
+ALTER TABLE promoted.fence ADD COLUMN IF NOT EXISTS armed boolean NOT NULL DEFAULT true;
 CREATE TABLE IF NOT EXISTS promoted.fence_bypass (xid xid8 PRIMARY KEY);
-REVOKE ALL ON promoted.jobs, promoted.fence, promoted.fence_bypass FROM PUBLIC`
+CREATE TABLE IF NOT EXISTS promoted.changed (
+    job_id     text NOT NULL,
+    table_name text NOT NULL,
+    key        jsonb NOT NULL,
+    PRIMARY KEY (job_id, table_name, key)
+);
+REVOKE ALL ON promoted.jobs, promoted.fence, promoted.fence_bypass, promoted.changed FROM PUBLIC`
 
 	catalogDDL = `CREATE SCHEMA IF NOT EXISTS promoted;
 CREATE TABLE IF NOT EXISTS promoted.tenant_catalog (
