@@ -86,6 +86,11 @@ type Table struct {
 	EstimatedRows int64
 	// EstimatedBytes is the planner's estimate of the tenant's row bytes.
 	EstimatedBytes int64
+	// OtherUnique is set when the table has a unique index or exclusion
+	// constraint besides its primary key: its changes are then applied in
+	// their order, never regrouped (two reordered changes could collide
+	// there mid-transaction).
+	OtherUnique bool
 	// TenantLiteral is the tenant value as the source prints the tenant
 	// column's type (so '042' and 42 compare equal), with pinned GUCs. The
 	// stream compares the tenant column's text against it.
@@ -235,12 +240,19 @@ type RowFetcher interface {
 // result is SQL text: concatenate it, never pass it through a format
 // string (a % in a tenant id is data).
 func (t *Table) TenantPredicate() string {
+	return QuoteIdent(t.Columns[t.Tenant].Name) + " = " + t.TenantValue()
+}
+
+// TenantValue is the tenant as an SQL literal of the tenant column's type
+// (a built-in type is cast; a user type is left for the comparison to
+// resolve, since its name may differ between databases).
+func (t *Table) TenantValue() string {
 	col := t.Columns[t.Tenant]
-	pred := QuoteIdent(col.Name) + " = " + QuoteLiteral(t.TenantLiteral)
+	v := QuoteLiteral(t.TenantLiteral)
 	if col.TypeOID != 0 && col.TypeOID < FirstUserOID {
-		pred += "::" + col.Type
+		v += "::" + col.Type
 	}
-	return pred
+	return v
 }
 
 // FirstUserOID is the first OID PostgreSQL gives user-defined objects:

@@ -29,7 +29,7 @@ func (p *Postgres) change(ctx context.Context, c *promoted.Change) error {
 		if hasUnchanged(t, c.New) {
 			return p.refetchInsert(ctx, c, c.New)
 		}
-		p.addInsert(c, present(t, c.New, writable))
+		p.add(c, bInsert, present(t, c.New, writable), nil, c.New)
 	case promoted.Update:
 		key := keyCols(c)
 		if c.Lenient {
@@ -37,17 +37,27 @@ func (p *Postgres) change(ctx context.Context, c *promoted.Change) error {
 				return p.lenientUpdate(ctx, c)
 			}
 			if changedKey(t, c) {
-				p.queue(p.sql.delete(t, key), params(c.Key, key), check{c: c})
+				p.one(c, p.sql.delete(t, key), params(c.Key, key), check{c: c})
 			}
-			cols := present(t, c.New, writable)
-			p.queue(p.sql.upsert(t, cols), params(c.New, cols), check{c: c})
+			p.add(c, bUpsert, present(t, c.New, writable), nil, c.New)
 			break
 		}
 		cols := present(t, c.New, settable)
-		p.queue(p.sql.update(t, cols, key), append(params(c.New, cols), params(c.Key, key)...), check{c: c, keyCols: key, exactOne: true})
+		if setBased(t, key, cols) {
+			p.add(c, bUpdate, cols, key, c.New)
+			break
+		}
+		p.one(c, p.sql.update(t, cols, key), append(params(c.New, cols), params(c.Key, key)...), check{c: c, keyCols: key, exactOne: true})
 	case promoted.Delete:
 		key := keyCols(c)
-		p.queue(p.sql.delete(t, key), params(c.Key, key), check{c: c, keyCols: key, exactOne: !c.Lenient})
+		switch {
+		case !setBased(t, key, nil):
+			p.one(c, p.sql.delete(t, key), params(c.Key, key), check{c: c, keyCols: key, exactOne: !c.Lenient})
+		case c.Lenient:
+			p.add(c, bDeleteLenient, nil, key, c.Key)
+		default:
+			p.add(c, bDelete, nil, key, c.Key)
+		}
 	default:
 		return fmt.Errorf("apply: unexpected %s change", c.Op)
 	}
@@ -110,13 +120,25 @@ func (p *Postgres) refetchInsert(ctx context.Context, c *promoted.Change, img pr
 		return nil
 	}
 	cols := present(t, row, writable)
-	if _, err := p.execText(ctx, p.sql.upsert(t, cols), params(row, cols)); err != nil {
+	tag, err := p.execText(ctx, p.sql.upsert(t, cols), params(row, cols))
+	if err != nil {
 		p.inTx = false
 		return fmt.Errorf("apply insert to %s: %w", t, err)
+	}
+	if guardedUpsert(t) && tag.RowsAffected() != 1 {
+		p.inTx = false
+		return &ErrDiverged{Op: promoted.Insert, Table: t.String(), Key: keyText(t, t.PrimaryKey, row), Rows: tag.RowsAffected()}
 	}
 	p.m.changes[promoted.Insert].Inc()
 	p.txChanges++
 	return nil
+}
+
+// one queues a statement for a single change, after its table's pending
+// batches, which come before it in the source's order.
+func (p *Postgres) one(c *promoted.Change, sql string, params [][]byte, chk check) {
+	p.flushTable(c.Table)
+	p.queueRaw(sql, params, chk)
 }
 
 func keyCols(c *promoted.Change) []int {
@@ -172,6 +194,10 @@ func params(row promoted.Row, cols []int) [][]byte {
 }
 
 // execText runs one statement now with untyped text parameters.
-func (p *Postgres) execText(ctx context.Context, sql string, params [][]byte) (pgconn.CommandTag, error) {
-	return p.conn.PgConn().ExecParams(ctx, sql, params, nil, nil, nil).Close()
+func (p *Postgres) execText(ctx context.Context, sql string, params [][]byte) (tag pgconn.CommandTag, err error) {
+	err = p.bounded(ctx, func(ctx context.Context) error {
+		tag, err = p.conn.PgConn().ExecParams(ctx, sql, params, nil, nil, nil).Close()
+		return err
+	})
+	return tag, err
 }

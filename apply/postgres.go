@@ -78,13 +78,16 @@ type ErrDiverged struct {
 	Table string
 	Key   string
 	Rows  int64
+	// Want is the rows the statement had to touch (0: one).
+	Want int64
 }
 
 // Fatal marks the error as one no retry can fix.
 func (e *ErrDiverged) Fatal() bool { return true }
 
 func (e *ErrDiverged) Error() string {
-	return fmt.Sprintf("%s of %s %s touched %d rows on the target instead of 1: the target has diverged from the source (was it written to directly?); run `promoted verify` to see the differences, then cancel and start the move again", e.Op, e.Table, e.Key, e.Rows)
+	want := max(e.Want, 1)
+	return fmt.Sprintf("%s of %s %s touched %d rows on the target instead of %d: the target has diverged from the source (was it written to directly?); run `promoted verify` to see the differences, then cancel and start the move again", e.Op, e.Table, e.Key, e.Rows, want)
 }
 
 // Postgres is the PostgreSQL sink.
@@ -99,6 +102,10 @@ type Postgres struct {
 	// Lose, when set, drops the changes it returns true for, unapplied and
 	// untracked: tests use it to prove a change the stream lost is caught.
 	Lose func(*promoted.Change) bool
+	// Bypass makes each target transaction pass the target's own write
+	// fence (a rollback applies into the pooled rows a promotion fenced,
+	// which stay fenced for the application until the flip back).
+	Bypass bool
 
 	durable atomic.Uint64
 	changes atomic.Int64
@@ -118,7 +125,8 @@ type Postgres struct {
 	sql       statements
 	pendMark  map[string]promoted.LSN
 
-	pendIns pendingInserts
+	pend   pending
+	shapes map[shapeKey]string
 
 	mu      sync.Mutex
 	track   tracker
@@ -217,7 +225,7 @@ func (p *Postgres) bounded(ctx context.Context, f func(context.Context) error) e
 
 // Apply queues one transaction (or part) into the open target transaction.
 func (p *Postgres) Apply(ctx context.Context, txn *promoted.Txn) error {
-	return p.bounded(ctx, func(ctx context.Context) error { return p.apply(ctx, txn) })
+	return p.apply(ctx, txn)
 }
 
 func (p *Postgres) apply(ctx context.Context, txn *promoted.Txn) error {
@@ -259,7 +267,7 @@ func (p *Postgres) apply(ctx context.Context, txn *promoted.Txn) error {
 
 // Flush commits the open target transaction.
 func (p *Postgres) Flush(ctx context.Context) error {
-	return p.bounded(ctx, p.flush)
+	return p.flush(ctx)
 }
 
 func (p *Postgres) flush(ctx context.Context) error {
@@ -281,6 +289,10 @@ func (p *Postgres) begin() {
 	p.batch.ExecParams("BEGIN", nil, nil, nil, nil)
 	p.batch.ExecParams("SET CONSTRAINTS ALL DEFERRED", nil, nil, nil, nil)
 	p.checks = append(p.checks[:0], check{}, check{})
+	if p.Bypass {
+		p.batch.ExecParams(state.BypassSQL, nil, nil, nil, nil)
+		p.checks = append(p.checks, check{})
+	}
 }
 
 func (p *Postgres) rollback(ctx context.Context) error {
@@ -288,10 +300,12 @@ func (p *Postgres) rollback(ctx context.Context) error {
 		return nil
 	}
 	p.inTx, p.midTxn, p.batch, p.checks = false, false, nil, p.checks[:0]
-	p.pendIns = pendingInserts{}
+	p.pend = pending{}
 	clear(p.pendMark)
-	_, err := p.conn.Exec(ctx, "ROLLBACK")
-	return err
+	return p.bounded(ctx, func(ctx context.Context) error {
+		_, err := p.conn.Exec(ctx, "ROLLBACK")
+		return err
+	})
 }
 
 func (p *Postgres) commit(ctx context.Context) error {
@@ -306,13 +320,19 @@ func (p *Postgres) commit(ctx context.Context) error {
 				[][]byte{[]byte(p.jobID), []byte(content), []byte(lsn.String())}, check{exactOne: true})
 		}
 	}
+	if p.Bypass {
+		p.queue(state.UnbypassSQL, nil, check{})
+	}
 	start := time.Now()
 	// Row counts are checked before COMMIT is sent: a divergence must
 	// leave nothing of the group, the progress LSN included, committed.
 	if err := p.exec(ctx); err != nil {
 		return err
 	}
-	if _, err := p.conn.PgConn().Exec(ctx, "COMMIT").ReadAll(); err != nil {
+	if err := p.bounded(ctx, func(ctx context.Context) error {
+		_, err := p.conn.PgConn().Exec(ctx, "COMMIT").ReadAll()
+		return err
+	}); err != nil {
 		p.inTx = false
 		return fmt.Errorf("apply: commit: %w", err)
 	}
@@ -334,10 +354,10 @@ func (p *Postgres) commit(ctx context.Context) error {
 	return nil
 }
 
-// queue adds a statement to the pipeline after the pending inserts, which
+// queue adds a statement to the pipeline after every pending batch, which
 // come before it in the source's order.
 func (p *Postgres) queue(sql string, params [][]byte, c check) {
-	p.flushInserts()
+	p.flushAll()
 	p.queueRaw(sql, params, c)
 }
 
@@ -358,28 +378,38 @@ func (p *Postgres) queueRaw(sql string, params [][]byte, c check) {
 
 // exec sends the pipeline and checks what each statement did.
 func (p *Postgres) exec(ctx context.Context) error {
-	p.flushInserts()
+	p.flushAll()
 	if p.batch == nil || len(p.checks) == 0 {
 		return nil
 	}
-	mrr := p.conn.PgConn().ExecBatch(ctx, p.batch)
 	i := 0
 	var firstErr error
-	for mrr.NextResult() {
-		tag, err := mrr.ResultReader().Close()
-		if err != nil {
-			firstErr = err
-			break
-		}
-		if i < len(p.checks) {
-			if err := p.verify(p.checks[i], tag.RowsAffected()); err != nil && firstErr == nil {
+	if err := p.bounded(ctx, func(ctx context.Context) error {
+		mrr := p.conn.PgConn().ExecBatch(ctx, p.batch)
+		for mrr.NextResult() {
+			tag, err := mrr.ResultReader().Close()
+			if err != nil {
 				firstErr = err
+				break
 			}
+			if i < len(p.checks) {
+				if err := p.verify(p.checks[i], tag.RowsAffected()); err != nil && firstErr == nil {
+					firstErr = err
+				}
+			}
+			i++
 		}
-		i++
-	}
-	if err := mrr.Close(); err != nil && firstErr == nil {
-		firstErr = err
+		err := mrr.Close()
+		if firstErr == nil {
+			firstErr = err
+		}
+		return firstErr
+	}); err != nil {
+		var timeout *ErrTimeout
+		if errors.As(err, &timeout) {
+			p.batch, p.checks = &pgconn.Batch{}, p.checks[:0]
+			return err
+		}
 	}
 	checks := p.checks
 	p.batch = &pgconn.Batch{}
@@ -397,7 +427,7 @@ func (p *Postgres) exec(ctx context.Context) error {
 
 func (p *Postgres) verify(c check, rows int64) error {
 	if c.rows > 0 && rows != c.rows {
-		return fmt.Errorf("apply: a batch of %d inserts into %s inserted %d rows", c.rows, c.c.Table, rows)
+		return &ErrDiverged{Op: c.c.Op, Table: c.c.Table.String(), Key: fmt.Sprintf("(a batch of %d keys)", c.rows), Rows: rows, Want: c.rows}
 	}
 	if !c.exactOne || rows == 1 {
 		return nil

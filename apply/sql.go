@@ -87,9 +87,18 @@ func (s statements) upsert(t *promoted.Table, cols []int) string {
 	}
 	if n == 0 {
 		b.WriteString("NOTHING")
+	} else if g := tenantGuard(t, t.PrimaryKey, qualified(t)); g != "" {
+		// The key alone may be another tenant's row in a pooled target:
+		// the conflict then updates nothing, and the caller's check of
+		// the rows touched stops the move instead of overwriting it.
+		b.WriteString(" WHERE" + strings.TrimPrefix(g, " AND"))
 	}
 	return b.String()
 }
+
+// guardedUpsert reports whether upsert's DO UPDATE carries the tenant
+// guard, so each row it is given must touch exactly one row.
+func guardedUpsert(t *promoted.Table) bool { return !isKey(t.PrimaryKey, t.Tenant) }
 
 // update sets cols (parameters $1..) of the row whose key columns equal the
 // following parameters.
@@ -125,6 +134,21 @@ func where(b *strings.Builder, t *promoted.Table, key []int, offset int) {
 		}
 		b.WriteString(ident(t.Columns[k].Name) + " = $" + strconv.Itoa(offset+i+1))
 	}
+	b.WriteString(tenantGuard(t, key, ""))
+}
+
+// tenantGuard adds the tenant predicate to a WHERE whose key lacks the
+// tenant column: the target may be a pooled table (a demotion), where a
+// key such as (id) alone can also be another tenant's row, and an UPDATE
+// or DELETE of the moving tenant must never reach that row.
+func tenantGuard(t *promoted.Table, key []int, alias string) string {
+	if isKey(key, t.Tenant) {
+		return ""
+	}
+	if alias != "" {
+		alias += "."
+	}
+	return " AND " + alias + t.TenantPredicate()
 }
 
 func isKey(key []int, c int) bool {

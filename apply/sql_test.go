@@ -33,6 +33,8 @@ func sqlTable() *promoted.Table {
 // keys are inserted with OVERRIDING SYSTEM VALUE and never assigned.
 func TestStatementsGolden(t *testing.T) {
 	tbl := sqlTable()
+	byID := sqlTable()
+	byID.PrimaryKey = []int{1}
 	var s statements
 	all := []int{0, 1, 2, 3}
 	settableCols := []int{0, 2, 3}
@@ -45,6 +47,16 @@ func TestStatementsGolden(t *testing.T) {
 		{"update by primary key", s.update(tbl, settableCols, tbl.PrimaryKey)},
 		{"update by replica identity", s.update(tbl, []int{3}, []int{1})},
 		{"delete", s.delete(tbl, tbl.PrimaryKey)},
+		{"upsert of 2 rows", s.upsertRows(tbl, all, 2)},
+		{"set-based update of 2 rows", s.updateRows(tbl, settableCols, tbl.PrimaryKey, 2)},
+		{"set-based delete of 2 rows", s.deleteRows(tbl, tbl.PrimaryKey, 2)},
+		// A pooled target keyed by (id) alone (a demotion): every UPDATE
+		// and DELETE, and an upsert's update, carries the tenant.
+		{"update of a table keyed without the tenant", s.update(byID, settableCols, byID.PrimaryKey)},
+		{"delete of a table keyed without the tenant", s.delete(byID, byID.PrimaryKey)},
+		{"upsert of a table keyed without the tenant", s.upsertRows(byID, all, 2)},
+		{"set-based update of a table keyed without the tenant", s.updateRows(byID, settableCols, byID.PrimaryKey, 2)},
+		{"set-based delete of a table keyed without the tenant", s.deleteRows(byID, byID.PrimaryKey, 2)},
 	} {
 		b.WriteString("-- " + c.what + "\n" + c.sql + ";\n")
 	}

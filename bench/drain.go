@@ -22,11 +22,16 @@ type native struct {
 }
 
 func (e *env) newNative(ctx context.Context, copyData bool) (*native, error) {
+	return e.newNativeInto(ctx, copyData, benchSchema+benchKeys)
+}
+
+// newNativeInto subscribes a new target made by ddl.
+func (e *env) newNativeInto(ctx context.Context, copyData bool, ddl string) (*native, error) {
 	dstDSN, err := e.newTarget(ctx, "native")
 	if err != nil {
 		return nil, err
 	}
-	if err := exec1(ctx, dstDSN, benchSchema+benchKeys); err != nil {
+	if err := exec1(ctx, dstDSN, ddl); err != nil {
 		return nil, err
 	}
 	n := &native{e: e, dstDSN: dstDSN, name: fmt.Sprintf("native_%d", e.dbs)}

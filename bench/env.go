@@ -33,7 +33,10 @@ type Size struct {
 
 var sizes = map[string]Size{
 	"default": {Name: "default", Customers: 100_000, Orders: 1_000_000, Lines: 3_000_000, Tenants: 10, Repeats: 3, Load: 20 * time.Second, Backlog: 40_000, Promotions: 10},
-	"small":   {Name: "small", Customers: 5_000, Orders: 50_000, Lines: 150_000, Tenants: 10, Repeats: 3, Load: 5 * time.Second, Backlog: 4_000, Promotions: 10},
+	// tiny is what the test suite runs, so the benchmark cannot rot
+	// without costing the suite minutes.
+	"tiny":  {Name: "tiny", Customers: 2_000, Orders: 20_000, Lines: 60_000, Tenants: 6, Repeats: 2, Load: 3 * time.Second, Backlog: 2_000, Promotions: 4},
+	"small": {Name: "small", Customers: 5_000, Orders: 50_000, Lines: 150_000, Tenants: 10, Repeats: 3, Load: 5 * time.Second, Backlog: 4_000, Promotions: 6},
 }
 
 // benchSchema is the pooled schema the benchmark moves: every key leads
@@ -206,7 +209,12 @@ type daemon struct {
 }
 
 func startDaemon(ctx context.Context, bin string, args ...string) (*daemon, error) {
-	d := &daemon{cmd: exec.CommandContext(ctx, bin, append(args, "--log-format", "json", "--progress-interval", "1s")...),
+	args = append(args, "--log-format", "json", "--progress-interval", "1s")
+	if lvl := os.Getenv("BENCH_LOG_LEVEL"); lvl != "" {
+		args = append(args, "--log-level", lvl)
+	}
+	argv := onCPUs(targetCPUs, append([]string{bin}, args...)...)
+	d := &daemon{cmd: exec.CommandContext(ctx, argv[0], argv[1:]...),
 		rss: map[string]int64{}, phase: "plan", done: make(chan struct{})}
 	stderr, err := d.cmd.StderrPipe()
 	if err != nil {
@@ -224,10 +232,19 @@ func startDaemon(ctx context.Context, bin string, args ...string) (*daemon, erro
 func (d *daemon) read(r io.Reader) {
 	sc := bufio.NewScanner(r)
 	sc.Buffer(make([]byte, 1<<20), 1<<20)
+	// BENCH_LOG=file keeps every daemon's log, for looking into a figure.
+	var keep io.Writer = io.Discard
+	if path := os.Getenv("BENCH_LOG"); path != "" {
+		if f, err := os.OpenFile(path, os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o644); err == nil {
+			defer f.Close()
+			keep = f
+		}
+	}
 	for sc.Scan() {
+		keep.Write(append(sc.Bytes(), '\n'))
 		var m map[string]any
 		if json.Unmarshal(sc.Bytes(), &m) != nil {
-			continue
+			m = map[string]any{"line": sc.Text()} // the exit's one-line error
 		}
 		d.mu.Lock()
 		d.lines = append(d.lines, m)

@@ -22,8 +22,17 @@ func execCommand(bin string, args ...string) *exec.Cmd {
 // (an order with three lines, and an update of an existing order) and the
 // same on a random other tenant.
 func (e *env) scripts(dir string) (tenant, others string, err error) {
-	body := func(t string) string {
-		return fmt.Sprintf(`\set t %s
+	tenant, others = filepath.Join(dir, "tenant.sql"), filepath.Join(dir, "others.sql")
+	if err = os.WriteFile(tenant, []byte(e.script("1")), 0o644); err == nil {
+		err = os.WriteFile(others, []byte(e.script(fmt.Sprintf("random(2, %d)", e.size.Tenants))), 0o644)
+	}
+	return tenant, others, err
+}
+
+// script is the pgbench transaction on tenant t (a number or a pgbench
+// expression).
+func (e *env) script(t string) string {
+	return fmt.Sprintf(`\set t %s
 \set c random(1, %d)
 \set o random(1, %d)
 BEGIN;
@@ -32,12 +41,6 @@ INSERT INTO order_lines VALUES (:t, :oid, 1, 'SKU-1', 1, 1.0), (:t, :oid, 2, 'SK
 UPDATE orders SET total = total + 1, status = 'paid' WHERE tenant_id = :t AND id = (:t - 1) * %d + :o;
 END;
 `, t, e.size.Customers, e.size.Orders, e.size.Customers, e.size.Orders)
-	}
-	tenant, others = filepath.Join(dir, "tenant.sql"), filepath.Join(dir, "others.sql")
-	if err = os.WriteFile(tenant, []byte(body("1")), 0o644); err == nil {
-		err = os.WriteFile(others, []byte(body(fmt.Sprintf("random(2, %d)", e.size.Tenants))), 0o644)
-	}
-	return tenant, others, err
 }
 
 // pgbench runs PostgreSQL's pgbench against the source with the given
@@ -54,7 +57,8 @@ func (e *env) pgbench(ctx context.Context, logDir string, args ...string) (pgben
 		full = append(full, "--log", "--log-prefix", filepath.Join(logDir, "pgbench_log"))
 	}
 	full = append(full, e.srcApp)
-	cmd := exec.CommandContext(ctx, e.src.Bin("pgbench"), full...)
+	argv := onCPUs(sourceCPUs, append([]string{e.src.Bin("pgbench")}, full...)...)
+	cmd := exec.CommandContext(ctx, argv[0], argv[1:]...)
 	cmd.Dir = os.TempDir()
 	out, err := cmd.CombinedOutput()
 	if err != nil {

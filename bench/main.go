@@ -9,6 +9,7 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"flag"
 	"fmt"
@@ -16,6 +17,7 @@ import (
 	"os/exec"
 	"os/signal"
 	"path/filepath"
+	"slices"
 	"strings"
 	"time"
 
@@ -26,7 +28,7 @@ func main() {
 	size := flag.String("size", "default", "default (a 1M-order tenant in a pooled database ten times larger) or small (about a minute)")
 	out := flag.String("out", "bench/out", "directory for the JSON report")
 	bin := flag.String("bin", "", "promoted binary (default: build ./cmd/promoted)")
-	only := flag.String("only", "", "comma-separated sections to run (copy,verify,drain,lag,cutover,neighbours,memory); default all")
+	only := flag.String("only", "", "comma-separated sections to run (copy,verify,drain,lag,cutover,neighbours,memory,scale,move); default all")
 	flag.Parse()
 	if *only != "" {
 		sections = map[string]bool{}
@@ -58,7 +60,7 @@ func want(s string) bool { return sections == nil || sections[s] }
 func run(ctx context.Context, sizeName, bin string, log *os.File) (*Report, error) {
 	sz, ok := sizes[sizeName]
 	if !ok {
-		return nil, fmt.Errorf("-size %q: use default or small", sizeName)
+		return nil, fmt.Errorf("-size %q: use default, small or tiny", sizeName)
 	}
 	r := &Report{Size: sz.Name, Started: time.Now()}
 	say := func(f string, a ...any) { fmt.Fprintf(log, "==> "+f+"\n", a...) }
@@ -81,12 +83,16 @@ func run(ctx context.Context, sizeName, bin string, log *os.File) (*Report, erro
 	}
 	e := &env{size: sz, bin: bin}
 	var err error
+	setupPinning()
+	if sourceCPUs != "" {
+		say("pinning: the source cluster and pgbench on CPU %s; the target cluster, promoted and the psql clients on CPU %s", sourceCPUs, targetCPUs)
+	}
 	say("starting two PostgreSQL 15 clusters (same settings, fsync off on both)")
-	if e.src, err = testenv.Start(ctx, testenv.Options{Name: "bench-src", Settings: map[string]string{"max_wal_size": "4GB", "shared_buffers": "512MB"}}); err != nil {
+	if e.src, err = testenv.Start(ctx, testenv.Options{Name: "bench-src", CPUs: sourceCPUs, Settings: map[string]string{"max_wal_size": "4GB", "shared_buffers": "512MB"}}); err != nil {
 		return nil, err
 	}
 	defer e.src.Stop()
-	if e.dst, err = testenv.Start(ctx, testenv.Options{Name: "bench-dst", Settings: map[string]string{"max_wal_size": "4GB", "shared_buffers": "512MB"}}); err != nil {
+	if e.dst, err = testenv.Start(ctx, testenv.Options{Name: "bench-dst", CPUs: targetCPUs, Settings: map[string]string{"max_wal_size": "4GB", "shared_buffers": "512MB"}}); err != nil {
 		return nil, err
 	}
 	defer e.dst.Stop()
@@ -108,10 +114,10 @@ func run(ctx context.Context, sizeName, bin string, log *os.File) (*Report, erro
 	say("seeded in %.0f s", time.Since(start).Seconds())
 	defer func() { r.Seconds = time.Since(r.Started).Seconds() }()
 
-	var pc, rs, rp []copyRun
+	var pc, ps, pn, pg []copyRun
 	var copied string
 	if want("copy") || want("verify") || want("memory") {
-		say("1. snapshot copy: promoted vs the raw COPY pipe, %d runs each", sz.Repeats)
+		say("1. snapshot copy: promoted vs psql | psql and PostgreSQL's initial sync, %d runs each", sz.Repeats)
 	}
 	for i := 0; i < sz.Repeats && (want("copy") || want("verify") || want("memory")); i++ {
 		c, dst, err := e.promotedCopy(ctx)
@@ -119,24 +125,34 @@ func run(ctx context.Context, sizeName, bin string, log *os.File) (*Report, erro
 			return r, err
 		}
 		pc, copied = append(pc, c), dst
-		s, err := e.rawCopy(ctx, false)
+		if !want("copy") {
+			continue
+		}
+		p, err := e.psqlCopy(ctx)
 		if err != nil {
 			return r, err
 		}
-		rs = append(rs, s)
-		p, err := e.rawCopy(ctx, true)
+		ps = append(ps, p)
+		n, err := e.nativeSync(ctx)
 		if err != nil {
 			return r, err
 		}
-		rp = append(rp, p)
-		say("   run %d: promoted %.0f rows/s, raw %.0f rows/s, raw parallel %.0f rows/s", i+1, c.rowsPerSec(), s.rowsPerSec(), p.rowsPerSec())
+		pn = append(pn, n)
+		g, err := e.rawCopy(ctx, false)
+		if err != nil {
+			return r, err
+		}
+		pg = append(pg, g)
+		say("   run %d: promoted %.0f rows/s, psql | psql %.0f rows/s, native initial sync %.0f rows/s, Go pipe %.0f rows/s",
+			i+1, c.rowsPerSec(), p.rowsPerSec(), n.rowsPerSec(), g.rowsPerSec())
 	}
 	rows := func(rs []copyRun) float64 { return median(mapf(rs, copyRun.rowsPerSec)) }
 	mb := func(rs []copyRun) float64 { return median(mapf(rs, copyRun.mbPerSec)) }
 	if want("copy") {
-		r.add("snapshot copy", "rows/s", rows(pc), rows(rs), "raw pipe, table by table", 0.95, false)
-		r.add("snapshot copy", "MB/s", mb(pc), mb(rs), "raw pipe, table by table", 0.95, false)
-		r.info("snapshot copy", "rows/s", rows(pc), rows(rp), "raw pipe, tables at once")
+		r.add("snapshot copy", "rows/s", rows(pc), rows(ps), "psql | psql, table by table", 1.0, false)
+		r.add("snapshot copy", "rows/s", rows(pc), rows(pn), "native initial sync", 1.0, false)
+		r.info("snapshot copy", "rows/s", rows(pc), rows(pg), "Go pipe, table by table")
+		r.info("snapshot copy", "MB/s", mb(pc), 0, "")
 	}
 
 	if want("verify") {
@@ -167,7 +183,7 @@ func run(ctx context.Context, sizeName, bin string, log *os.File) (*Report, erro
 		return median(mapf(d, func(x drainRun) float64 { return x.walMB / x.secs }))
 	}
 	if want("drain") {
-		r.add("backlog drain", "tenant rows/s", dr(pd), dr(nd), "native subscription", 1.5, false)
+		r.add("backlog drain", "tenant rows/s", dr(pd), dr(nd), "native subscription", 1.0, false)
 		r.info("backlog drain, WAL decoded", "MB/s", dw(pd), dw(nd), "native subscription")
 	}
 	if want("lag") {
@@ -175,14 +191,16 @@ func run(ctx context.Context, sizeName, bin string, log *os.File) (*Report, erro
 			return r, err
 		}
 	}
-	if want("cutover") {
-		say("4. cutover: %d promotions under load", sz.Promotions)
-		blocked, err := e.cutovers(ctx)
-		if err != nil {
+	var small []sized
+	var medium sized
+	if want("cutover") || want("scale") {
+		say("4. cutover: %d promotions under load (one of a tenant ten times bigger)", sz.Promotions)
+		if small, medium, err = e.cutovers(ctx); err != nil {
 			return r, err
 		}
-		r.limit("writes blocked, median of "+fmt.Sprint(len(blocked)), "ms", median(blocked), 250)
-		r.limit("writes blocked, max of "+fmt.Sprint(len(blocked)), "ms", percentile(blocked, 1), 1000)
+		blocked := mapf(small, func(x sized) float64 { return x.blocked })
+		r.limit("writes blocked, small tenants, median of "+fmt.Sprint(len(blocked)), "ms", median(blocked), 250)
+		r.limit("writes blocked, small tenants, max of "+fmt.Sprint(len(blocked)), "ms", percentile(blocked, 1), 1000)
 	}
 	if want("neighbours") {
 		say("6. neighbour impact: other tenants' pgbench alone, during a promoted move, during a native subscription")
@@ -190,7 +208,8 @@ func run(ctx context.Context, sizeName, bin string, log *os.File) (*Report, erro
 		if err != nil {
 			return r, err
 		}
-		r.add("other tenants' throughput", "tps", pn.tps, ctl.tps, "no move (control)", 0.9, false)
+		r.add("other tenants' throughput", "tps", pn.tps, ctl.tps, "no move (control)", 0.8, false)
+		r.add("other tenants' throughput", "tps", pn.tps, nn.tps, "during a native move", 1.0, false)
 		r.info("other tenants' throughput, gentle move", "tps", gn.tps, ctl.tps, "no move (control)")
 		r.info("other tenants' throughput, native move", "tps", nn.tps, ctl.tps, "no move (control)")
 		r.info("other tenants' p99 latency", "ms", pn.p99, ctl.p99, "no move (control)")
@@ -207,7 +226,64 @@ func run(ctx context.Context, sizeName, bin string, log *os.File) (*Report, erro
 		r.limit("peak RSS, catch-up", "MB", float64(catchRSS)/1e6, 200)
 		r.limit("peak RSS, snapshot of a small tenant", "MB", float64(small)/1e6, 200)
 	}
+	// The last two promote the bench's own tenants, fencing them: nothing
+	// after them may use those tenants.
+	if want("scale") {
+		say("8. scale: %d default-size tenants promoted under load", sz.Repeats)
+		big, err := e.bigPromotions(ctx)
+		if err != nil {
+			return r, err
+		}
+		blocked := mapf(big, func(x sized) float64 { return x.blocked })
+		r.limit(fmt.Sprintf("writes blocked, default-size tenants (%d rows), median of %d", big[0].rows, len(big)), "ms", median(blocked), 250)
+		r.limit(fmt.Sprintf("writes blocked, default-size tenants (%d rows), max of %d", big[0].rows, len(big)), "ms", percentile(blocked, 1), 1000)
+		for _, x := range []struct {
+			name string
+			s    sized
+		}{{"small", medianBlocked(small)}, {"medium", medium}, {"default", medianBlocked(big)}} {
+			r.info(fmt.Sprintf("scale: %s tenant, %d rows: copy", x.name, x.s.rows), "s", x.s.copySecs, 0, "")
+			r.info(fmt.Sprintf("scale: %s tenant, %d rows: writes blocked", x.name, x.s.rows), "ms", x.s.blocked, 0, "")
+		}
+		last := big[len(big)-1]
+		say("10. demotion: tenant %d back into the pooled tables, under the same load", last.tenant)
+		dem, err := e.demotion(ctx, last)
+		if err != nil {
+			return r, err
+		}
+		r.info(fmt.Sprintf("demote: copy into live pooled tables, %d rows", dem.rows), "rows/s", float64(dem.rows)/dem.copySecs,
+			float64(last.rows)/last.copySecs, "promote's copy of the same tenant")
+		r.limit("writes blocked, demotion of a default-size tenant", "ms", dem.blocked, 1000)
+	}
+	if want("move") {
+		say("9. the whole move, no writers: promote vs the manual offline pipeline (bare tables, psql | psql, keys)")
+		secs, lines, err := e.promoteOnce(ctx, "1")
+		if err != nil {
+			return r, err
+		}
+		off, err := e.offline(ctx)
+		if err != nil {
+			return r, err
+		}
+		r.add("one-shot promote, end to end", "s", secs, off, "manual offline pipeline", 1.5, true)
+		copySecs := num(lines["snapshot copied"], "seconds")
+		keys := num(lines["keys built"], "seconds")
+		verified := num(lines["verified"], "ms") / 1000
+		r.info("promote: copy", "s", copySecs, 0, "")
+		r.info("promote: keys, indexes, VACUUM ANALYZE", "s", keys, copySecs, "the copy")
+		r.info("promote: verification before the fence", "s", verified, copySecs, "the copy")
+		r.info("promote: writes blocked", "ms", num(lines["catalog flipped"], "blocked_ms"), 0, "")
+	}
 	return r, nil
+}
+
+// medianBlocked is the promotion with the median blocked time.
+func medianBlocked(xs []sized) sized {
+	if len(xs) == 0 {
+		return sized{}
+	}
+	ys := append([]sized(nil), xs...)
+	slices.SortFunc(ys, func(a, b sized) int { return cmp.Compare(a.blocked, b.blocked) })
+	return ys[len(ys)/2]
 }
 
 // lagSection measures live lag and catch-up.

@@ -92,6 +92,7 @@ func deleteTable(ctx context.Context, conn *pgx.Conn, t *promoted.Table, o Delet
 		n, err := deleteBatch(ctx, conn, q, o.Bypass)
 		var pgErr *pgconn.PgError
 		if errors.As(err, &pgErr) && pgErr.Code == "23503" {
+			log.Info("still referenced: deleted after the tables that reference it", "table", name, "detail", pgErr.Detail)
 			return total, true, nil
 		}
 		if err != nil {

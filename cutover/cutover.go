@@ -105,6 +105,9 @@ type Move struct {
 	JobID, Tenant, Schema, TargetSchema string
 	Tables                              []*promoted.Table
 	Sequences                           []schema.Sequence
+	// Pooled is set when the target is pooled tables (a demotion): its
+	// sequences are every tenant's, set past the tenant's ids.
+	Pooled bool
 	// Entry is the catalog entry read at prepare: the flip's
 	// compare-and-swap is against its version.
 	Entry state.Entry
@@ -145,6 +148,11 @@ type Cutover struct {
 	// before the cutover, so the fence lasts as long as the changes, not
 	// the tenant's size).
 	Check func(ctx context.Context, src, dst *pgx.Conn) (*verify.Result, error)
+	// BeforeFlip runs under the fence, after every check, just before the
+	// catalog flips: a promotion creates its rollback slot on the target
+	// there, so the reverse stream starts before the tenant's first write
+	// at its new place. An error stops the cutover (fence disarmed).
+	BeforeFlip func(ctx context.Context, src *pgx.Conn) error
 }
 
 // New makes a cutover over open connections; it owns none of them.
@@ -236,7 +244,12 @@ func (c *Cutover) Run(ctx context.Context, mv Move, sink Drainer, lag int64) (*S
 		}
 	}
 	step("verified")
-	if err := SyncSequences(dctx, c.src, c.dst, mv.Sequences); err != nil {
+	if mv.Pooled {
+		err = SyncPooledSequences(dctx, c.src, c.dst, mv.Sequences)
+	} else {
+		err = SyncSequences(dctx, c.src, c.dst, mv.Sequences, true)
+	}
+	if err != nil {
 		return nil, err
 	}
 	step("sequences")
@@ -244,6 +257,12 @@ func (c *Cutover) Run(ctx context.Context, mv Move, sink Drainer, lag int64) (*S
 	// must still hold while the catalog moves.
 	if err := checkTriggers(dctx, c.src, mv.Tables); err != nil {
 		return nil, err
+	}
+	if c.BeforeFlip != nil {
+		if err := c.BeforeFlip(dctx, c.src); err != nil {
+			return nil, fmt.Errorf("under the fence: %w; the fence is disarmed and the catalog unchanged", err)
+		}
+		step("before flip")
 	}
 	if dctx.Err() != nil {
 		return nil, fmt.Errorf("the cutover took longer than --cutover-timeout %s: the fence is disarmed and the catalog unchanged", c.cfg.Timeout)

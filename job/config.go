@@ -55,6 +55,19 @@ type Config struct {
 	// Promote ends the move with a cutover once the lag allows; without
 	// it the job replicates until stopped.
 	Promote bool
+	// Demote makes the move a demotion (it implies Promote): the source is
+	// a dedicated schema or database, the target the pooled tables that
+	// other tenants use. The target tables must exist, are never altered,
+	// and the catalog lives with them (the target by default).
+	Demote bool
+	// Rollback makes a demotion the undoing of a promotion (PromoteID):
+	// no copy, the stream starts at the rollback slot the promotion made
+	// on its target at the flip, and the apply passes the pooled rows'
+	// fence, which the promotion left armed.
+	Rollback  bool
+	PromoteID string
+	// NoRollback makes a promotion skip the rollback slot.
+	NoRollback bool
 	// VerifyOnly resumes a copied move just long enough to compare the
 	// target with the source at one consistent point (`promoted verify`).
 	VerifyOnly bool
@@ -161,6 +174,12 @@ func (c *Config) Validate() error {
 	if _, err := db.ParseDSN(db.Target, c.TargetDSN); err != nil {
 		return usage(err)
 	}
+	if c.Demote {
+		c.Promote = true
+		if c.Cutover.CatalogDSN == "" {
+			c.Cutover.CatalogDSN = c.TargetDSN
+		}
+	}
 	if c.Promote {
 		if err := c.Cutover.Validate(); err != nil {
 			return usage(err)
@@ -189,6 +208,14 @@ func (c *Config) Validate() error {
 func JobID(database, schema, tenant string) string {
 	h := sha256.Sum256([]byte(database + "\x00" + schema + "\x00" + tenant))
 	return hex.EncodeToString(h[:8])
+}
+
+// DemoteID names a demotion out of one schema of a dedicated database.
+// It differs from JobID even when the dedicated and the pooled database
+// share a name, so a demotion never takes a promotion's flip (recorded
+// in the same catalog) for its own.
+func DemoteID(database, schema, tenant string) string {
+	return JobID(database, schema+"\x00demote", tenant)
 }
 
 // Redact removes the password from a connection string for messages.

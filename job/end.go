@@ -32,6 +32,9 @@ type EndConfig struct {
 	// DropTarget makes cancel drop what the move created on the target
 	// (and delete the tenant's rows from target tables it did not create).
 	DropTarget bool
+	// DropSourceTables makes cleanup of a demotion drop the dedicated
+	// tables it moved out of (they stay, fenced, otherwise).
+	DropSourceTables bool
 	// BatchRows and Pause pace cleanup's deletes.
 	BatchRows int
 	Pause     time.Duration
@@ -65,9 +68,24 @@ func (c *EndConfig) Validate() error {
 			return usage(err)
 		}
 	}
-	if c.CatalogDSN == "" {
-		c.CatalogDSN = c.SourceDSN
+	return nil
+}
+
+// catalogFor settles where the move's catalog is: --catalog, else the
+// source for a promotion and the pooled target for a demotion (which
+// needs --target then).
+func (c *EndConfig) catalogFor(rec *state.Job, what string) error {
+	if c.CatalogDSN != "" {
+		return nil
 	}
+	if rec.Kind != state.KindDemote && rec.Kind != state.KindRollback {
+		c.CatalogDSN = c.SourceDSN
+		return nil
+	}
+	if c.TargetDSN == "" {
+		return fmt.Errorf("the move of tenant %s is a demotion into %s, which holds its catalog (and its demoted rows): pass that database as --target to %s it (nothing was changed)", rec.Tenant, rec.Target, what)
+	}
+	c.CatalogDSN = c.TargetDSN
 	return nil
 }
 
@@ -164,9 +182,23 @@ func Cancel(ctx context.Context, c EndConfig, log *slog.Logger) (string, error) 
 	defer src.Close(context.Background())
 	defer l.release()
 	log = log.With("job", rec.ID)
+	if err := c.catalogFor(rec, "cancel"); err != nil {
+		return rec.ID, err
+	}
+	if rec.Kind == state.KindRollback {
+		return rec.ID, cancelRollback(ctx, src, rec, &c)
+	}
+	if rec.Kind == state.KindDemote {
+		// The demoted rows sit in tables other tenants use, where nobody
+		// must find them once the demotion is given up: they always go.
+		c.DropTarget = true
+	}
 	done, err := flippedMove(ctx, &c, rec.ID)
 	if err != nil {
 		return rec.ID, err
+	}
+	if done && rec.Kind == state.KindDemote {
+		return rec.ID, fmt.Errorf("tenant %s was already demoted (the catalog flipped), so the pooled tables are authoritative and there is nothing to cancel: run `promoted cleanup --drop-source-tables` to drop the dedicated tables", rec.Tenant)
 	}
 	if done {
 		return rec.ID, fmt.Errorf("tenant %s was already promoted (the catalog flipped), so the target is authoritative and there is nothing to cancel: run `promoted cleanup --source ... --tenant %s` to delete the old rows", rec.Tenant, c.Tenant)
@@ -200,6 +232,11 @@ func Cancel(ctx context.Context, c EndConfig, log *slog.Logger) (string, error) 
 	if err := snapshot.Drop(ctx, src, snapshot.NamesFor(rec.ID)); err != nil {
 		return rec.ID, err
 	}
+	// A cutover that failed without knowing whether it flipped kept its
+	// rollback slot on the target.
+	if err := dropRollbackSlot(ctx, src, rec, &c, log); err != nil {
+		return rec.ID, err
+	}
 	if err := state.SetJobPhase(ctx, src, rec.ID, state.PhaseCancelled, "cancelled", nil); err != nil {
 		return rec.ID, err
 	}
@@ -231,9 +268,18 @@ func Cleanup(ctx context.Context, c EndConfig, log *slog.Logger) (map[string]int
 		log.Info("the move was cleaned up already")
 		return map[string]int64{}, nil
 	}
+	if rec.Phase == state.PhaseRolledBack {
+		return nil, fmt.Errorf("the promotion of tenant %s was rolled back: its pooled rows are authoritative again, so there is nothing to clean up", rec.Tenant)
+	}
+	if err := c.catalogFor(rec, "clean up"); err != nil {
+		return nil, err
+	}
 	done, err := flippedMove(ctx, &c, rec.ID)
 	if err != nil {
 		return nil, err
+	}
+	if rec.Kind == state.KindDemote {
+		return nil, cleanupDemotion(ctx, src, rec, &c, done)
 	}
 	if !done {
 		return nil, fmt.Errorf("tenant %s has not been promoted by promoted (no flip recorded for move %s), so its pooled rows are still authoritative: run `promoted promote` first, or `promoted cancel`", rec.Tenant, rec.ID)
@@ -252,6 +298,11 @@ func Cleanup(ctx context.Context, c EndConfig, log *slog.Logger) (map[string]int
 	if err := snapshot.Drop(ctx, src, snapshot.NamesFor(rec.ID)); err != nil {
 		return nil, err
 	}
+	// The point of no return: the rollback slot goes first, then the rows
+	// a rollback would have needed.
+	if err := dropRollbackSlot(ctx, src, rec, &c, log); err != nil {
+		return nil, err
+	}
 	deleted, err := cutover.DeleteTenantRows(ctx, src, plan.Tables,
 		cutover.DeleteOptions{Batch: c.BatchRows, Pause: c.Pause, Bypass: true, Children: plan.Children}, log)
 	if err != nil {
@@ -267,4 +318,86 @@ func Cleanup(ctx context.Context, c EndConfig, log *slog.Logger) (map[string]int
 		return deleted, err
 	}
 	return deleted, cutover.RemoveFence(ctx, src, rec.Schema, rec.ID)
+}
+
+// cleanupDemotion drops the dedicated tables a demotion moved out of,
+// only when asked to: until then they stay, fenced, as the tenant's data
+// as of the flip.
+func cleanupDemotion(ctx context.Context, src *pgx.Conn, rec *state.Job, c *EndConfig, flipped bool) error {
+	switch {
+	case !flipped:
+		return fmt.Errorf("tenant %s has not been demoted (no flip recorded for move %s), so its dedicated tables are still authoritative: run `promoted demote` first, or `promoted cancel`", rec.Tenant, rec.ID)
+	case !c.DropSourceTables:
+		return fmt.Errorf("tenant %s was demoted; its dedicated tables stay, fenced (every write fails with SQLSTATE %s), as its data at the flip: pass --drop-source-tables to drop them", rec.Tenant, state.FenceSQLState)
+	}
+	if err := snapshot.Drop(ctx, src, snapshot.NamesFor(rec.ID)); err != nil {
+		return err
+	}
+	names := make([]string, len(rec.Tables))
+	for i, t := range rec.Tables {
+		names[i] = pgx.Identifier{rec.Schema, t}.Sanitize()
+	}
+	// One statement, RESTRICT: the tables' keys among themselves go with
+	// them, and a table outside the move that still references one stops
+	// the drop instead of losing its key.
+	if _, err := src.Exec(ctx, "DROP TABLE IF EXISTS "+strings.Join(names, ", ")+" RESTRICT"); err != nil {
+		return fmt.Errorf("drop the dedicated tables of tenant %s: %w", rec.Tenant, err)
+	}
+	if err := state.DisarmFence(ctx, src, rec.Schema, rec.Tenant, rec.ID); err != nil {
+		return err
+	}
+	if err := state.SetJobPhase(ctx, src, rec.ID, state.PhaseCleaned, "cleaned", nil); err != nil {
+		return err
+	}
+	return cutover.RemoveFence(ctx, src, rec.Schema, rec.ID)
+}
+
+// dropRollbackSlot drops the promotion's rollback slot and publication on
+// its target (through --target, or the recorded location when the
+// password comes from the environment) and forgets them.
+func dropRollbackSlot(ctx context.Context, src *pgx.Conn, rec *state.Job, c *EndConfig, log *slog.Logger) error {
+	if rec.ReverseLSN == "" {
+		return nil
+	}
+	dsn := c.TargetDSN
+	if dsn == "" {
+		dsn = rec.Target
+	}
+	dst, err := db.Open(ctx, db.Target, dsn, "promoted")
+	if err != nil {
+		return fmt.Errorf("cleanup drops the rollback slot on %s first, and cannot reach it (pass --target with its connection string; nothing was deleted): %w", rec.Target, err)
+	}
+	defer dst.Close(context.Background())
+	_, names, err := reverseNames(ctx, dst, rec.TargetSchema, rec.Tenant)
+	if err != nil {
+		return err
+	}
+	if err := snapshot.Drop(ctx, dst, names); err != nil {
+		return err
+	}
+	log.Info("dropped the rollback slot: from here on the way back is `promoted demote`", "slot", names.Slot)
+	return state.SetReverse(ctx, src, rec.ID, "")
+}
+
+// cancelRollback stops a rollback before its flip: the dedicated side's
+// fence is disarmed and removed, so the tenant writes there again. The
+// rollback slot and what the pooled rows received are kept: a later
+// rollback resumes from there.
+func cancelRollback(ctx context.Context, src *pgx.Conn, rec *state.Job, c *EndConfig) error {
+	if done, err := flippedMove(ctx, c, rec.ID); err != nil || done {
+		if done {
+			return fmt.Errorf("tenant %s was already rolled back (the catalog flipped back to the pooled tables), so there is nothing to cancel", rec.Tenant)
+		}
+		return err
+	}
+	if c.DropTarget {
+		return fmt.Errorf("a rollback writes into the pooled rows the promotion left, which --drop-target would delete: cancel it without --drop-target")
+	}
+	if err := state.DisarmFence(ctx, src, rec.Schema, rec.Tenant, rec.ID); err != nil {
+		return err
+	}
+	if err := state.SetJobPhase(ctx, src, rec.ID, state.PhaseCancelled, "cancelled", nil); err != nil {
+		return err
+	}
+	return cutover.RemoveFence(ctx, src, rec.Schema, rec.ID)
 }

@@ -75,6 +75,7 @@ type Job struct {
 	// cutover's full comparison before the fence.
 	verified, preVerified *verify.Result
 	copied                map[*promoted.Table]int64
+	copySeconds           float64
 	summary               *Summary
 	entry                 state.Entry
 
@@ -218,12 +219,21 @@ func (j *Job) run(ctx context.Context) error {
 		return err
 	}
 	j.plan = plan
-	if j.cfg.Promote && len(plan.ReferencedBy) > 0 {
+	if j.cfg.Rollback {
+		// The rollback slot's publication has no row filter (reversed).
+		for _, t := range plan.Tables {
+			t.ServerFilter = false
+		}
+	}
+	if j.cfg.Promote && !j.cfg.Demote && len(plan.ReferencedBy) > 0 {
 		return fmt.Errorf("foreign key %s, whose table is not moved: after the promotion its rows would point at rows that cleanup deletes; add that table to --tables", plan.ReferencedBy[0])
 	}
 	// The move is named by the tenant as the source prints it, so 042 and
 	// 42 are one move of one tenant.
 	j.ID = JobID(dbName, j.cfg.Schema, plan.Tenant())
+	if j.cfg.Demote {
+		j.ID = DemoteID(dbName, j.cfg.Schema, plan.Tenant())
+	}
 	j.names = snapshot.NamesFor(j.ID)
 	j.log = j.log.With("job", j.ID)
 	j.lease, err = acquireLease(ctx, j.cfg.SourceDSN, j.ID, plan.Tenant())
@@ -274,7 +284,14 @@ func (j *Job) run(ctx context.Context) error {
 		return err
 	}
 	if fresh {
-		if prog == nil {
+		switch {
+		case j.cfg.Demote:
+			// Resumed or not: the pooled tables' shape and keys are
+			// checked against the tenant's rows before anything is made.
+			if err := checkPooled(ctx, src, dst, plan, prog != nil); err != nil {
+				return err
+			}
+		case prog == nil:
 			if err := checkTarget(ctx, dst, plan.Tables); err != nil {
 				return err
 			}
@@ -288,6 +305,9 @@ func (j *Job) run(ctx context.Context) error {
 	// Logged only once every refusal has passed, so a refusal is the one
 	// line on stderr.
 	for _, n := range plan.Notes {
+		if j.cfg.Demote {
+			break // they are about target DDL, which a demotion never runs
+		}
 		j.log.Warn(n, "stage", "plan")
 	}
 	var keep string
@@ -305,7 +325,12 @@ func (j *Job) run(ctx context.Context) error {
 	// The record comes first: everything created from here on is found
 	// and removed through it by cancel and cleanup.
 	kind := state.KindReplicate
-	if j.cfg.Promote {
+	switch {
+	case j.cfg.Rollback:
+		kind = state.KindRollback
+	case j.cfg.Demote:
+		kind = state.KindDemote
+	case j.cfg.Promote:
 		kind = state.KindPromote
 	}
 	record := &state.Job{ID: j.ID, Tenant: plan.Tenant(), Schema: j.cfg.Schema, Kind: kind,
@@ -435,6 +460,21 @@ func (j *Job) start(ctx context.Context, src, dst *pgx.Conn) error {
 			}
 		}
 	}()
+	if j.cfg.Demote {
+		// A promotion's rollback slot carries this demotion's names (a
+		// rollback is this demotion, resumed): starting the demotion
+		// afresh replaces it.
+		var left bool
+		if err := src.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM pg_replication_slots WHERE slot_name = $1)`, j.names.Slot).Scan(&left); err != nil {
+			return fmt.Errorf("check for a rollback slot: %w", err)
+		}
+		if left {
+			j.log.Warn("dropping the rollback slot an earlier promotion left here: this demotion replaces the rollback", "stage", "prepare", "slot", j.names.Slot)
+			if err := snapshot.Drop(ctx, src, j.names); err != nil {
+				return err
+			}
+		}
+	}
 	if err := snapshot.CreatePublication(ctx, src, j.names.Publication, j.plan.Tables); err != nil {
 		return err
 	}
@@ -492,9 +532,15 @@ func (j *Job) start(ctx context.Context, src, dst *pgx.Conn) error {
 	secs := time.Since(start).Seconds()
 	j.log.Info("snapshot copied", "stage", "snapshot", "rows", rows, "bytes", bytes, "seconds", fmt.Sprintf("%.2f", secs),
 		"rows_per_second", int64(float64(rows)/secs), "mb_per_second", fmt.Sprintf("%.1f", float64(bytes)/secs/1e6))
+	j.copySeconds = secs
 	// Keys, indexes and foreign keys after the load: building them once is
 	// far cheaper than maintaining them row by row.
-	if err := j.runDDL(ctx, dst, j.plan.PostLoad()); err != nil {
+	keysStart := time.Now()
+	created, err := createdTables(ctx, dst, j.ID)
+	if err != nil {
+		return err
+	}
+	if err := j.runDDL(ctx, dst, j.plan.PostLoad(created)); err != nil {
 		return err
 	}
 	if j.Hooks.AfterKeys != nil {
@@ -504,10 +550,14 @@ func (j *Job) start(ctx context.Context, src, dst *pgx.Conn) error {
 	// tenant's queries get plans at once, and the cutover's counts under
 	// the fence are index-only scans instead of heap walks.
 	for _, t := range j.plan.Tables {
+		if !created(t) {
+			continue // a table other tenants use is left to autovacuum
+		}
 		if _, err := dst.Exec(ctx, "VACUUM (ANALYZE) "+pgx.Identifier{t.TargetSchema, t.TargetName}.Sanitize()); err != nil {
 			return fmt.Errorf("vacuum %s.%s on the target: %w", t.TargetSchema, t.TargetName, err)
 		}
 	}
+	j.log.Info("keys built", "stage", "snapshot", "seconds", fmt.Sprintf("%.2f", time.Since(keysStart).Seconds()))
 	prog.Phase, prog.Applied, prog.RowsCopied = state.ProgressCatchup, slot.ConsistentPoint, rows
 	if err := state.WriteProgress(ctx, dst, prog); err != nil {
 		return err
@@ -532,6 +582,7 @@ func (j *Job) catchup(ctx context.Context, repl *pgconn.PgConn, from promoted.LS
 	defer fetcher.Close(context.Background())
 	sink := apply.NewPostgres(j.cfg.Apply, applyConn, j.ID, from, fetcher, j.cfg.Tenant, j.log.With("stage", "apply"))
 	sink.Lose = j.Hooks.Lose
+	sink.Bypass = j.cfg.Rollback
 	defer sink.Close(context.Background())
 	gated := apply.NewGate(sink)
 	scfg := j.cfg.Stream
@@ -574,6 +625,22 @@ func (j *Job) catchup(ctx context.Context, repl *pgconn.PgConn, from promoted.LS
 		return nil
 	}
 	return err
+}
+
+// createdTables reports which target tables this move created (and may
+// therefore alter, index and vacuum).
+func createdTables(ctx context.Context, dst *pgx.Conn, jobID string) (func(*promoted.Table) bool, error) {
+	list, err := state.CreatedObjects(ctx, dst, jobID)
+	if err != nil {
+		return nil, err
+	}
+	names := map[string]bool{}
+	for _, c := range list {
+		if c.Kind == state.CreatedTable {
+			names[c.Name] = true
+		}
+	}
+	return func(t *promoted.Table) bool { return names[pgx.Identifier{t.TargetSchema, t.TargetName}.Sanitize()] }, nil
 }
 
 // preLoad runs the plan's pre-load DDL on the target, recording each

@@ -227,17 +227,20 @@ func dropCreated(ctx context.Context, dst *pgx.Conn, jobID string, tables []*pro
 			}
 		}
 	}
+	var found []*promoted.Table
 	for _, t := range kept {
-		found, err := objectExists(ctx, dst, state.CreatedTable, pgx.Identifier{t.TargetSchema, t.TargetName}.Sanitize())
+		ok, err := objectExists(ctx, dst, state.CreatedTable, pgx.Identifier{t.TargetSchema, t.TargetName}.Sanitize())
 		if err != nil {
 			return err
 		}
-		if !found {
-			continue
+		if ok {
+			found = append(found, t)
 		}
-		if _, err := cutover.DeleteTenantRows(ctx, dst, []*promoted.Table{t}, cutover.DeleteOptions{Target: true}, log); err != nil {
-			return err
-		}
+	}
+	// All at once: a table whose rows others of them reference is emptied
+	// after those (one at a time, the first parent would stop it).
+	if _, err := cutover.DeleteTenantRows(ctx, dst, found, cutover.DeleteOptions{Target: true}, log); err != nil {
+		return err
 	}
 	for _, kind := range []string{state.CreatedSequence, state.CreatedType, state.CreatedSchema} {
 		list := byKind[kind]

@@ -42,6 +42,8 @@ type Summary struct {
 	// when the run resumed after the copy).
 	Copied     map[string]int64
 	RowsCopied int64
+	// CopySeconds is how long this run's snapshot copy took.
+	CopySeconds float64
 	// Changes is the row changes this run applied.
 	Changes int64
 	Cutover *cutover.Summary
@@ -49,6 +51,12 @@ type Summary struct {
 	// and this run only finished its cleanup of the slot.
 	AlreadyFlipped bool
 	Version        int64
+	// Rollback is set when the promotion can be rolled back (until its
+	// cleanup): a slot on the target records the tenant's writes there.
+	Rollback bool
+	// Spread counts the target sequences a promotion started 2^40 ahead
+	// of the pooled ones (cutover.SpreadIDs).
+	Spread int
 }
 
 // Summary returns the promotion's summary once Run has returned nil.
@@ -159,8 +167,12 @@ func (j *Job) cutover(ctx context.Context, st *stream.Stream, sink *apply.Postgr
 	}
 	c.Hooks = j.Hooks.Cutover
 	c.Check = check
+	reverse := j.cfg.Promote && !j.cfg.Demote && !j.cfg.NoRollback
+	if reverse {
+		c.BeforeFlip = j.prepareReverse
+	}
 	sum, err := c.Run(ctx, cutover.Move{JobID: j.ID, Tenant: j.plan.Tenant(), Schema: j.cfg.Schema,
-		TargetSchema: j.cfg.TargetSchema, Tables: j.plan.Tables, Sequences: j.plan.Sequences, Entry: j.entry}, sink, lag)
+		TargetSchema: j.cfg.TargetSchema, Tables: j.plan.Tables, Sequences: j.plan.Sequences, Pooled: j.cfg.Demote, Entry: j.entry}, sink, lag)
 	if err != nil {
 		// The cutover disarmed its fence, or kept it armed on purpose;
 		// tracking alone never outlives a failed attempt.
@@ -169,6 +181,9 @@ func (j *Job) cutover(ctx context.Context, st *stream.Stream, sink *apply.Postgr
 		}
 		if perr := state.SetJobPhase(context.Background(), src, j.ID, state.PhaseFailed, err.Error(), nil); perr != nil {
 			j.log.Error("record failed cutover", "err", perr)
+		}
+		if reverse {
+			j.dropReverse(cat)
 		}
 		return stop(fmt.Errorf("cutover: %w", err))
 	}
@@ -180,7 +195,15 @@ func (j *Job) cutover(ctx context.Context, st *stream.Stream, sink *apply.Postgr
 		j.log.Error("record flip (the catalog has flipped)", "err", err)
 	}
 	sum.PreVerify = j.preVerified
-	j.summary = &Summary{Copied: map[string]int64{}, Changes: sink.Changes(), Cutover: sum, Version: sum.Version}
+	j.summary = &Summary{Copied: map[string]int64{}, Changes: sink.Changes(), Cutover: sum, Version: sum.Version, CopySeconds: j.copySeconds,
+		Rollback: reverse}
+	if !j.cfg.Demote {
+		for _, q := range j.plan.Sequences {
+			if !q.Shared {
+				j.summary.Spread++
+			}
+		}
+	}
 	for t, n := range j.copied {
 		j.summary.Copied[t.String()] = n
 		j.summary.RowsCopied += n
@@ -259,18 +282,7 @@ func (j *Job) preVerify(ctx context.Context, src *pgx.Conn, sink *apply.Postgres
 
 // unionKeys merges two key lists without repeats.
 func unionKeys(a, b [][]string) [][]string {
-	seen := make(map[string]bool, len(a)+len(b))
-	var out [][]string
-	for _, list := range [][][]string{a, b} {
-		for _, k := range list {
-			id := strings.Join(k, "\x00")
-			if !seen[id] {
-				seen[id] = true
-				out = append(out, k)
-			}
-		}
-	}
-	return out
+	return verify.DistinctKeys(append(append([][]string(nil), a...), b...))
 }
 
 // waitCaughtUp returns once the target is close enough behind the source
@@ -315,6 +327,11 @@ func (j *Job) finish(ctx context.Context) error {
 	}
 	if err := state.SetJobPhase(ctx, j.src, j.ID, state.PhaseDone, "flipped", nil); err != nil {
 		return err
+	}
+	if j.cfg.Rollback {
+		if err := j.finishRollback(ctx); err != nil {
+			return fmt.Errorf("the catalog has flipped back, but the pooled rows are still fenced (rerun rollback to finish): %w", err)
+		}
 	}
 	j.setPhase(state.PhaseDone)
 	return nil

@@ -178,8 +178,19 @@ func checkCatalogAndSource(t *testing.T, ctx context.Context, p *promotion, vers
 	if loc != Redact(p.dst.Mover) || schema != p.dstSchema || v != version {
 		t.Errorf("catalog: %s %s v%d, want %s %s v%d", loc, schema, v, Redact(p.dst.Mover), p.dstSchema, version)
 	}
+	// The promotion's own slot and publication are gone; the rollback's,
+	// on the target (which may be this database), stay until cleanup.
+	d := connectPinned(t, ctx, p.dst.Admin)
+	defer d.Close(ctx)
+	_, reverse, err := reverseNames(ctx, d, p.dstSchema, "1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n := queryOne[int64](t, ctx, p.dst.Admin, `SELECT count(*) FROM pg_replication_slots WHERE slot_name = $1`, reverse.Slot); n != 1 {
+		t.Errorf("the rollback slot %s is missing on the target after the flip", reverse.Slot)
+	}
 	var leftovers int
-	if err := s.QueryRow(ctx, `SELECT (SELECT count(*) FROM pg_replication_slots WHERE database = current_database()) + (SELECT count(*) FROM pg_publication)`).Scan(&leftovers); err != nil {
+	if err := s.QueryRow(ctx, `SELECT (SELECT count(*) FROM pg_replication_slots WHERE database = current_database() AND slot_name <> $1) + (SELECT count(*) FROM pg_publication WHERE pubname <> $1)`, reverse.Slot).Scan(&leftovers); err != nil {
 		t.Fatal(err)
 	}
 	if leftovers != 0 {
@@ -187,7 +198,7 @@ func checkCatalogAndSource(t *testing.T, ctx context.Context, p *promotion, vers
 	}
 	app := connectPinned(t, ctx, p.src.App)
 	defer app.Close(ctx)
-	_, err := app.Exec(ctx, `INSERT INTO events (tenant_id, kind) VALUES (1, 'stray')`)
+	_, err = app.Exec(ctx, `INSERT INTO events (tenant_id, kind) VALUES (1, 'stray')`)
 	if err == nil || !strings.Contains(err.Error(), "PM001") {
 		t.Errorf("a stray write to the old location: %v, want SQLSTATE PM001", err)
 	}

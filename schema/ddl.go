@@ -83,9 +83,20 @@ func (p *Plan) PreLoadSteps() []Step {
 // exclusion constraints, secondary indexes, and then foreign keys. A key
 // to a table that is not moved is kept, unvalidated, when the target is in
 // the source database, and left out otherwise (Notes says which).
-func (p *Plan) PostLoad() []string {
+//
+// only, when not nil, limits it to the tables it returns true for: the
+// tables the move created. A table that was there before the move (a
+// pooled table a demotion copies into) is never altered, indexed or
+// granted on: that would take locks other tenants wait behind. With no
+// table left, nothing is returned.
+func (p *Plan) PostLoad(only func(*promoted.Table) bool) []string {
 	var out, fks []string
+	kept := 0
 	for _, t := range p.Tables {
+		if only != nil && !only(t) {
+			continue
+		}
+		kept++
 		d := p.defs[t]
 		name := pgx.Identifier{t.TargetSchema, t.TargetName}.Sanitize()
 		for _, c := range d.keys {
@@ -105,15 +116,18 @@ func (p *Plan) PostLoad() []string {
 			}
 		}
 	}
+	if kept == 0 {
+		return nil
+	}
 	out = append(out, fks...)
-	return append(out, p.grants()...)
+	return append(out, p.grants(only)...)
 }
 
 // grants give the target's schema, tables and sequences the privileges
 // the source's have, so the application's roles can use them after the
 // flip (the mover owns what it created). A grantee missing on the target
 // is skipped: the DO block checks for it there.
-func (p *Plan) grants() []string {
+func (p *Plan) grants(only func(*promoted.Table) bool) []string {
 	var out []string
 	add := func(kind, object string, gs []grant) {
 		for _, g := range gs {
@@ -130,6 +144,9 @@ func (p *Plan) grants() []string {
 		add("SCHEMA", pgx.Identifier{p.cfg.TargetSchema}.Sanitize(), p.schemaGrants)
 	}
 	for _, t := range p.Tables {
+		if only != nil && !only(t) {
+			continue
+		}
 		add("TABLE", pgx.Identifier{t.TargetSchema, t.TargetName}.Sanitize(), p.defs[t].grants)
 	}
 	for _, s := range p.seqs {

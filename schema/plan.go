@@ -301,6 +301,10 @@ func (p *Plan) readTable(ctx context.Context, tx pgx.Tx, r rel) (*promoted.Table
 		return nil, refuse("table %s has no primary key, which promoted needs to apply updates and deletes: add one (ALTER TABLE %s ADD PRIMARY KEY (...))", t, pgx.Identifier{t.Schema, t.Name}.Sanitize())
 	}
 	t.PrimaryKey = pk
+	if err := tx.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM pg_index WHERE indrelid = $1 AND indisunique AND NOT indisprimary)
+	    OR EXISTS (SELECT 1 FROM pg_constraint WHERE conrelid = $1 AND contype = 'x')`, r.oid).Scan(&t.OtherUnique); err != nil {
+		return nil, fmt.Errorf("plan %s: unique indexes: %w", t, err)
+	}
 	// A publication that publishes updates and deletes makes every UPDATE
 	// and DELETE of a table without a usable replica identity fail, for
 	// every tenant (docs/hazards.md 4.2).

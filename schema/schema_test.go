@@ -79,7 +79,7 @@ func ddl(p *Plan) string {
 		b.WriteString(s + ";\n")
 	}
 	b.WriteString("-- post-load\n")
-	for _, s := range p.PostLoad() {
+	for _, s := range p.PostLoad(nil) {
 		b.WriteString(s + ";\n")
 	}
 	b.WriteString("-- notes\n")
@@ -133,7 +133,7 @@ func TestPlanSaaS(t *testing.T) {
 				if _, err := dst.Exec(ctx, "SET search_path = "+p.SearchPath()); err != nil {
 					t.Fatal(err)
 				}
-				for _, s := range append(p.PreLoad(), p.PostLoad()...) {
+				for _, s := range append(p.PreLoad(), p.PostLoad(nil)...) {
 					if _, err := dst.Exec(ctx, s); err != nil {
 						t.Fatalf("round %d: %v\n%s", round, err, s)
 					}

@@ -216,8 +216,21 @@ func sourceConn(ctx context.Context, dsn string) (*pgx.Conn, error) {
 	return db.Open(ctx, db.Source, dsn, "promoted-copy")
 }
 
+// targetConn opens a copy session on the target with
+// session_replication_role = replica, as the apply has: the copy carries
+// rows the source already checked, so the target's triggers and foreign
+// keys must not fire on them (a pooled table a demotion copies into has
+// both, and the chunks of its parents and children arrive in any order).
 func targetConn(ctx context.Context, dsn string) (*pgconn.PgConn, error) {
-	return db.OpenRaw(ctx, db.Target, dsn, "promoted-copy", nil)
+	conn, err := db.OpenRaw(ctx, db.Target, dsn, "promoted-copy", nil)
+	if err != nil {
+		return nil, err
+	}
+	if _, err := conn.Exec(ctx, "SET session_replication_role = replica").ReadAll(); err != nil {
+		conn.Close(context.Background())
+		return nil, fmt.Errorf("copy: the target role cannot set session_replication_role: GRANT SET ON PARAMETER session_replication_role TO the role: %w", err)
+	}
+	return conn, nil
 }
 
 func (c *Copier) worker(ctx context.Context, work <-chan chunk) error {

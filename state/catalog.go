@@ -184,3 +184,16 @@ func (c *Catalog) SettleFlip(jobID string, wait time.Duration) (bool, int64, err
 		}
 	}
 }
+
+// ForgetFlip deletes a move's flip record once the move is undone (a
+// promotion rolled back): promoting the tenant again is then a new move,
+// not one that "already flipped".
+func ForgetFlip(ctx context.Context, conn *pgx.Conn, jobID string) error {
+	if ok, err := exists(ctx, conn, "flips"); err != nil || !ok {
+		return err
+	}
+	if _, err := conn.Exec(ctx, `DELETE FROM promoted.flips WHERE job_id = $1`, jobID); err != nil {
+		return fmt.Errorf("forget the flip of move %s: %w", jobID, err)
+	}
+	return nil
+}

@@ -230,16 +230,23 @@ func FenceArmed(ctx context.Context, q Querier, jobID string) (bool, time.Time, 
 // transaction can see and no application role can write. Call it first in
 // the transaction, and Unbypass before committing.
 func Bypass(ctx context.Context, tx pgx.Tx) error {
-	if _, err := tx.Exec(ctx, `INSERT INTO promoted.fence_bypass VALUES (pg_current_xact_id())`); err != nil {
+	if _, err := tx.Exec(ctx, BypassSQL); err != nil {
 		return fmt.Errorf("pass the fence: %w", err)
 	}
 	return nil
 }
 
+// BypassSQL and UnbypassSQL open and close the current transaction's way
+// past the fence (Bypass, Unbypass), for sessions that pipeline them.
+const (
+	BypassSQL   = `INSERT INTO promoted.fence_bypass VALUES (pg_current_xact_id())`
+	UnbypassSQL = `DELETE FROM promoted.fence_bypass WHERE xid = pg_current_xact_id()`
+)
+
 // Unbypass removes the transaction's bypass row, so none is ever
 // committed.
 func Unbypass(ctx context.Context, tx pgx.Tx) error {
-	if _, err := tx.Exec(ctx, `DELETE FROM promoted.fence_bypass WHERE xid = pg_current_xact_id()`); err != nil {
+	if _, err := tx.Exec(ctx, UnbypassSQL); err != nil {
 		return fmt.Errorf("pass the fence: %w", err)
 	}
 	return nil

@@ -13,6 +13,12 @@ import (
 const (
 	KindPromote   = "promote"
 	KindReplicate = "replicate"
+	// KindDemote is a move from a dedicated schema or database into the
+	// pooled tables.
+	KindDemote = "demote"
+	// KindRollback streams a promoted tenant's changes back from its
+	// dedicated side into the pooled rows the promotion left.
+	KindRollback = "rollback"
 )
 
 // Phases a job records on the source.
@@ -26,6 +32,9 @@ const (
 	PhaseFailed    = "failed"    // the last attempt failed; the source is authoritative
 	PhaseCancelled = "cancelled" // cancelled; slot, publication and fence dropped
 	PhaseCleaned   = "cleaned"   // the tenant's old rows are deleted from the source
+	// PhaseRolledBack is a promotion undone by `rollback`: the pooled rows
+	// are authoritative again, and its cleanup must never run.
+	PhaseRolledBack = "rolledback"
 )
 
 // Job is a move's record on the source: what it moves, where to, and how
@@ -50,16 +59,21 @@ type Job struct {
 	// began: a change made since, even while no promoted ran, stops the
 	// move before the flip.
 	Definitions map[string]string
-	Phase       string
-	Outcome     string
-	BlockedMS   *int64
-	StartedAt   time.Time
-	UpdatedAt   time.Time
+	// ReverseLSN, on a promotion's record, is where the rollback slot on
+	// the target starts (empty: no rollback is possible).
+	ReverseLSN string
+	Phase      string
+	Outcome    string
+	BlockedMS  *int64
+	StartedAt  time.Time
+	UpdatedAt  time.Time
 }
 
 // Active reports whether the move may still need its fence triggers and
 // slot: it has been neither cancelled nor cleaned up.
-func (j *Job) Active() bool { return j.Phase != PhaseCancelled && j.Phase != PhaseCleaned }
+func (j *Job) Active() bool {
+	return j.Phase != PhaseCancelled && j.Phase != PhaseCleaned && j.Phase != PhaseRolledBack
+}
 
 // RecordJob creates the job's record or, for a rerun, updates its phase;
 // the rest of an existing record is what the move was started with and
@@ -85,12 +99,13 @@ func RecordJob(ctx context.Context, q Querier, j *Job) error {
 }
 
 const jobColumns = `job_id, tenant_id, schema_name, kind, target, phase, coalesce(outcome, ''), blocked_ms, started_at, updated_at,
-    coalesce(tenant_column, ''), coalesce(tenant_type, ''), coalesce(target_schema, ''), coalesce(tables, '{}'), definitions`
+    coalesce(tenant_column, ''), coalesce(tenant_type, ''), coalesce(target_schema, ''), coalesce(tables, '{}'), definitions,
+    coalesce(reverse_lsn::text, '')`
 
 func scanJob(row pgx.Row) (*Job, error) {
 	j := &Job{}
 	err := row.Scan(&j.ID, &j.Tenant, &j.Schema, &j.Kind, &j.Target, &j.Phase, &j.Outcome, &j.BlockedMS, &j.StartedAt, &j.UpdatedAt,
-		&j.TenantColumn, &j.TenantType, &j.TargetSchema, &j.Tables, &j.Definitions)
+		&j.TenantColumn, &j.TenantType, &j.TargetSchema, &j.Tables, &j.Definitions, &j.ReverseLSN)
 	return j, err
 }
 
@@ -140,6 +155,15 @@ func SetJobPhase(ctx context.Context, q Querier, id, phase, outcome string, bloc
 		id, phase, outcome, blockedMS)
 	if err != nil && !undefined(err) {
 		return fmt.Errorf("record the move's phase: %w", err)
+	}
+	return nil
+}
+
+// SetReverse records (or, with "", forgets) where the promotion's rollback
+// slot starts.
+func SetReverse(ctx context.Context, q Querier, id, lsn string) error {
+	if _, err := q.Exec(ctx, `UPDATE promoted.jobs SET reverse_lsn = nullif($2, '')::pg_lsn, updated_at = now() WHERE job_id = $1`, id, lsn); err != nil {
+		return fmt.Errorf("record the rollback slot: %w", err)
 	}
 	return nil
 }

@@ -30,6 +30,7 @@ type Querier interface {
 // place by the next run.
 const (
 	sourceDDL = `CREATE SCHEMA IF NOT EXISTS promoted;
+GRANT USAGE ON SCHEMA promoted TO PUBLIC;
 CREATE TABLE IF NOT EXISTS promoted.jobs (
     job_id      text PRIMARY KEY,
     tenant_id   text NOT NULL,
@@ -47,6 +48,7 @@ ALTER TABLE promoted.jobs ADD COLUMN IF NOT EXISTS tenant_type text;
 ALTER TABLE promoted.jobs ADD COLUMN IF NOT EXISTS target_schema text;
 ALTER TABLE promoted.jobs ADD COLUMN IF NOT EXISTS tables text[];
 ALTER TABLE promoted.jobs ADD COLUMN IF NOT EXISTS definitions jsonb;
+ALTER TABLE promoted.jobs ADD COLUMN IF NOT EXISTS reverse_lsn pg_lsn;
 CREATE TABLE IF NOT EXISTS promoted.fence (
     schema_name text NOT NULL,
     tenant_id   text NOT NULL,

@@ -159,7 +159,10 @@ func (s *Stream) Run(ctx context.Context, start promoted.LSN, sink promoted.Sink
 		return fmt.Errorf("start replication on slot %s: %w", s.cfg.Slot, err)
 	}
 	s.log.Info("streaming", "from", start.String())
-	ch := make(chan *promoted.Txn, 8)
+	// Room for the decoder to run ahead while the sink waits on the
+	// target: at most this many transactions (or parts of at most
+	// MaxTxnChanges changes) are held in memory.
+	ch := make(chan *promoted.Txn, 64)
 	g, gctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return s.receive(gctx, start, sink, ch) })
 	g.Go(func() error { return s.deliver(gctx, sink, ch) })
@@ -254,9 +257,14 @@ func (s *Stream) receive(ctx context.Context, start promoted.LSN, sink promoted.
 		// heard is when the source last sent anything (or when the stream
 		// last stopped reading to wait for the sink).
 		heard = time.Now()
+		// deadline is the socket's read deadline.
+		deadline time.Time
 		// lastPushed is the end of the last transaction handed to the sink.
 		lastPushed = start
 	)
+	stopRead := context.AfterFunc(ctx, func() { s.conn.Conn().SetReadDeadline(time.Now()) })
+	defer stopRead()
+	defer s.conn.Conn().SetReadDeadline(time.Time{})
 	push := func(t *promoted.Txn) error {
 		defer func() { heard = time.Now() }()
 		for {
@@ -299,9 +307,18 @@ func (s *Stream) receive(ctx context.Context, start promoted.LSN, sink promoted.
 		if silence := time.Since(heard); silence > s.cfg.ReceiveTimeout {
 			return &ErrSilent{For: silence}
 		}
-		rctx, cancel := context.WithDeadline(ctx, nextStatus)
-		msg, err := s.conn.ReceiveMessage(rctx)
-		cancel()
+		// A read deadline on the socket, not a context per message: a
+		// context makes pgconn watch it for every message, which cost
+		// more than decoding the message. stopRead ends the wait when ctx
+		// does.
+		if !nextStatus.Equal(deadline) {
+			deadline = nextStatus
+			s.conn.Conn().SetReadDeadline(deadline)
+			if ctx.Err() != nil {
+				return ctx.Err()
+			}
+		}
+		msg, err := s.conn.ReceiveMessage(context.Background())
 		if err != nil {
 			if ctx.Err() != nil {
 				return ctx.Err()

@@ -34,6 +34,10 @@ type Options struct {
 	// Durable keeps fsync on (benchmarks that compare with baselines on
 	// equal terms may want it; tests do not).
 	Durable bool
+	// CPUs pins the server to these CPUs (taskset's list, e.g. "0"), so a
+	// benchmark can give source and target a core each, as two machines
+	// would have; empty leaves it unpinned.
+	CPUs string
 }
 
 // Cluster is one running PostgreSQL server.
@@ -44,6 +48,7 @@ type Cluster struct {
 	bin  string
 	// runAs is the user the server runs as ("" when the current user).
 	runAs string
+	cpus  string
 }
 
 // BinDir finds the PostgreSQL 15 server binaries: $PG_BINDIR, then
@@ -78,7 +83,7 @@ func Start(ctx context.Context, opts Options) (*Cluster, error) {
 	if err != nil {
 		return nil, fmt.Errorf("testenv %s: %w", name, err)
 	}
-	c := &Cluster{Name: name, Dir: dir, bin: bin}
+	c := &Cluster{Name: name, Dir: dir, bin: bin, cpus: opts.CPUs}
 	if os.Geteuid() == 0 {
 		c.runAs = "postgres"
 		if err := chownTo(dir, c.runAs); err != nil {
@@ -223,13 +228,15 @@ func (c *Cluster) CreateDB(ctx context.Context, name string) (string, error) {
 func (c *Cluster) Bin(program string) string { return filepath.Join(c.bin, program) }
 
 func (c *Cluster) run(ctx context.Context, program string, args ...string) ([]byte, error) {
-	path := filepath.Join(c.bin, program)
-	var cmd *exec.Cmd
-	if c.runAs != "" {
-		cmd = exec.CommandContext(ctx, "runuser", append([]string{"-u", c.runAs, "--", path}, args...)...)
-	} else {
-		cmd = exec.CommandContext(ctx, path, args...)
+	argv := append([]string{filepath.Join(c.bin, program)}, args...)
+	if c.cpus != "" {
+		// The postmaster and every backend inherit the affinity.
+		argv = append([]string{"taskset", "-c", c.cpus}, argv...)
 	}
+	if c.runAs != "" {
+		argv = append([]string{"runuser", "-u", c.runAs, "--"}, argv...)
+	}
+	cmd := exec.CommandContext(ctx, argv[0], argv[1:]...)
 	cmd.Dir = c.Dir
 	// The server must outlive neither its caller's terminal nor its signals
 	// aimed at the caller's process group (Ctrl-C in the demo).

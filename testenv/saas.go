@@ -130,6 +130,8 @@ type Writer struct {
 	// Moved is set once the writer writes at a location other than its
 	// first.
 	Moved atomic.Bool
+	// Slowest is the longest any one of its writes took, in nanoseconds.
+	Slowest atomic.Int64
 
 	mu     sync.Mutex
 	ledger []string
@@ -157,7 +159,11 @@ func (w *Writer) Run(ctx context.Context, pool *pgxpool.Pool, seed uint64) {
 		}
 	}
 	for ctx.Err() == nil {
+		began := time.Now()
 		err := w.step(ctx, pool, r)
+		if d := int64(time.Since(began)); d > w.Slowest.Load() && ctx.Err() == nil {
+			w.Slowest.Store(d)
+		}
 		var pgErr *pgconn.PgError
 		switch {
 		case err != nil && w.Router != nil && errors.As(err, &pgErr) && pgErr.Code == "PM001":

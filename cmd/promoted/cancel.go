@@ -23,7 +23,7 @@ func parseEnd(name string, args []string, extra func(*pflag.FlagSet, *job.EndCon
 	fs.StringVar(&cfg.TargetSchema, "target-schema", "", "target schema of the move (default: the move's, as recorded; a different one is refused)")
 	fs.StringVar(&cfg.TenantColumn, "tenant-column", "", "column that holds the tenant (default: the move's, as recorded; a different one is refused)")
 	fs.StringSliceVar(&cfg.Tables, "tables", nil, "the move's tables (default: the move's, as recorded; different ones are refused)")
-	fs.StringVar(&cfg.CatalogDSN, "catalog", "", "catalog database connection string (default: the source)")
+	fs.StringVar(&cfg.CatalogDSN, "catalog", "", "catalog database connection string (default: the source; the pooled target after a demotion)")
 	extra(fs, cfg)
 	c.bind(fs)
 	if err := parse(fs, args); err != nil {
@@ -47,7 +47,7 @@ func parseEnd(name string, args []string, extra func(*pflag.FlagSet, *job.EndCon
 // --drop-target.
 func cancel(ctx context.Context, args []string) error {
 	cfg, log, err := parseEnd("cancel", args, func(fs *pflag.FlagSet, cfg *job.EndConfig) {
-		fs.StringVar(&cfg.TargetDSN, "target", "", "target database connection string (needed with --drop-target)")
+		fs.StringVar(&cfg.TargetDSN, "target", "", "target database connection string (needed with --drop-target, and to cancel a demotion: its demoted rows are deleted from the pooled tables)")
 		fs.BoolVar(&cfg.DropTarget, "drop-target", false, "drop what the move created on the target (tables it did not create keep everything but the tenant's rows)")
 	})
 	if err != nil {

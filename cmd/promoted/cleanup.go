@@ -16,6 +16,8 @@ func cleanup(ctx context.Context, args []string) error {
 	cfg, log, err := parseEnd("cleanup", args, func(fs *pflag.FlagSet, cfg *job.EndConfig) {
 		fs.IntVar(&cfg.BatchRows, "batch-rows", 5000, "rows deleted per transaction")
 		fs.DurationVar(&cfg.Pause, "batch-pause", 0, "pause between batches, to spare the source")
+		fs.StringVar(&cfg.TargetDSN, "target", "", "after a demotion: the pooled database, which holds the catalog")
+		fs.BoolVar(&cfg.DropSourceTables, "drop-source-tables", false, "after a demotion: drop the dedicated tables the tenant moved out of (they stay, fenced, otherwise)")
 	})
 	if err != nil {
 		return err
@@ -29,6 +31,10 @@ func cleanup(ctx context.Context, args []string) error {
 		names = append(names, n)
 	}
 	sort.Strings(names)
+	if cfg.DropSourceTables {
+		fmt.Printf("tenant %s cleaned up: its dedicated tables dropped\n", cfg.Tenant)
+		return nil
+	}
 	fmt.Printf("tenant %s cleaned up: fence, slot and publication removed\n", cfg.Tenant)
 	for _, n := range names {
 		fmt.Printf("  deleted %-30s %10d rows\n", n, deleted[n])

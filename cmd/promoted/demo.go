@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"os"
 	"time"
 
@@ -18,7 +19,9 @@ import (
 // demo tells the whole story on throwaway local clusters: a pooled SaaS
 // database under load, its biggest tenant promoted live into a second
 // cluster, the catalog flipped, the tenant's writers following it, a
-// row-by-row check, the old rows cleaned up, and everything removed.
+// row-by-row check, the old rows cleaned up; then the way back (the
+// tenant demoted into the pooled tables, live, checked the same way), and
+// everything removed.
 func demo(ctx context.Context, args []string) error {
 	fs := pflag.NewFlagSet("demo", pflag.ContinueOnError)
 	var (
@@ -163,7 +166,7 @@ wait:
 	}
 	sum := j.Summary()
 	say("catalog flipped: tenant 1 now lives in the dedicated database")
-	printSummary(os.Stdout, "1", sum)
+	printSummary(os.Stdout, "promoted", "1", sum)
 	say("the writers of tenant 1 hit the fence (PM001), re-read the catalog and carry on in the dedicated database")
 	time.Sleep(3 * time.Second)
 	writers := stopLoad()
@@ -190,11 +193,14 @@ wait:
 	default:
 		return errors.New("no snapshot of the target was taken at the drain point")
 	}
-	defer snap.Close(ctx)
-	if err := compareRows(ctx, srcDSN, snap, "1"); err != nil {
+	err = compareRows(ctx, srcDSN, snap, "1")
+	// The snapshot's open transaction would hold up the demotion's
+	// barrier on the dedicated side below.
+	snap.Close(ctx)
+	if err != nil {
 		return err
 	}
-	if err := checkLedger(ctx, dstDSN, writers); err != nil {
+	if err := checkLedger(ctx, dstDSN, "the dedicated database", writers); err != nil {
 		return err
 	}
 
@@ -206,7 +212,76 @@ wait:
 	for _, t := range testenv.MovedTables {
 		fmt.Printf("      %-12s %9d old rows deleted\n", t, deleted["public."+t])
 	}
+	if err := demoteBack(ctx, log, say, pooledDB, dedicatedDB, router); err != nil {
+		return err
+	}
 	say("done; removing the clusters")
+	return nil
+}
+
+// demoteBack is the way back: tenant 1 downgrades, and moves from its
+// dedicated database into the pooled tables, live, while every tenant
+// keeps writing (the others into the very tables it moves into). The
+// same row-by-row check follows.
+func demoteBack(ctx context.Context, log *slog.Logger, say func(string, ...any), pooledDB, dedicatedDB testenv.TenantDB, router *testenv.Router) error {
+	say("the way back: tenant 1 downgrades; demoting it into the pooled tables, live, while every tenant writes")
+	stopLoad, err := testenv.LoadRouted(ctx, pooledDB.App, []int{1, 2, 3, 4, 5}, 1, router)
+	if err != nil {
+		return err
+	}
+	loadStopped := false
+	defer func() {
+		if !loadStopped {
+			stopLoad()
+		}
+	}()
+	cfg := job.Config{SourceDSN: dedicatedDB.Mover, TargetDSN: pooledDB.Mover, Tenant: "1", Tables: testenv.MovedTables, Demote: true}
+	j, err := job.New(cfg, log)
+	if err != nil {
+		return err
+	}
+	atFlip := make(chan *pgx.Conn, 1)
+	j.Hooks.Cutover.AfterDrain = func() {
+		if conn, err := pinnedConn(ctx, pooledDB.Admin); err == nil {
+			if _, err := conn.Exec(ctx, "BEGIN ISOLATION LEVEL REPEATABLE READ; SELECT 1"); err == nil {
+				atFlip <- conn
+				return
+			}
+			conn.Close(ctx)
+		}
+	}
+	if err := j.Run(ctx); err != nil {
+		return err
+	}
+	say("catalog flipped back: tenant 1 lives in the pooled tables again")
+	printSummary(os.Stdout, "demoted", "1", j.Summary())
+	time.Sleep(2 * time.Second)
+	writers := stopLoad()
+	loadStopped = true
+	var acks, errs int64
+	for _, w := range writers {
+		acks += w.Acks.Load()
+		errs += w.Errs.Load()
+	}
+	say("writers stopped: %d writes acknowledged, %d failed", acks, errs)
+	if errs > 0 {
+		return fmt.Errorf("%d writes failed", errs)
+	}
+	say("checking every row of tenant 1: the fenced dedicated database against the pooled tables as they were at the flip")
+	var snap *pgx.Conn
+	select {
+	case snap = <-atFlip:
+	default:
+		return errors.New("no snapshot of the pooled tables was taken at the drain point")
+	}
+	defer snap.Close(ctx)
+	if err := compareRows(ctx, dedicatedDB.Admin, snap, "1"); err != nil {
+		return err
+	}
+	if err := checkLedger(ctx, pooledDB.Admin, "the pooled tables", writers); err != nil {
+		return err
+	}
+	say("the dedicated tables stay, fenced, until `promoted cleanup --drop-source-tables`")
 	return nil
 }
 
@@ -215,24 +290,33 @@ func pinnedConn(ctx context.Context, dsn string) (*pgx.Conn, error) {
 }
 
 // checkLedger checks every customer a writer of tenant 1 inserted and saw
-// acknowledged, before or after the flip, is in the dedicated database.
-func checkLedger(ctx context.Context, dsn string, writers []*testenv.Writer) error {
+// acknowledged, before or after the flip, is where the tenant now lives.
+func checkLedger(ctx context.Context, dsn, where string, writers []*testenv.Writer) error {
 	conn, err := pgx.Connect(ctx, dsn)
 	if err != nil {
 		return err
 	}
 	defer conn.Close(ctx)
+	// The demo's second set of writers reuses the first set's names:
+	// each acknowledged name must be there (once or more).
+	seen := map[string]bool{}
 	var want []string
 	for _, w := range writers {
-		if w.Tenant == 1 {
-			want = append(want, w.Ledger()...)
+		if w.Tenant != 1 {
+			continue
+		}
+		for _, e := range w.Ledger() {
+			if !seen[e] {
+				seen[e] = true
+				want = append(want, e)
+			}
 		}
 	}
 	var found int
-	if err := conn.QueryRow(ctx, `SELECT count(*) FROM customers WHERE tenant_id = 1 AND email = ANY($1)`, want).Scan(&found); err != nil {
+	if err := conn.QueryRow(ctx, `SELECT count(DISTINCT email) FROM customers WHERE tenant_id = 1 AND email = ANY($1)`, want).Scan(&found); err != nil {
 		return err
 	}
-	fmt.Printf("      %d of %d acknowledged customer inserts of tenant 1 found in the dedicated database\n", found, len(want))
+	fmt.Printf("      %d of %d acknowledged customer inserts of tenant 1 found in %s\n", found, len(want), where)
 	if found != len(want) {
 		return fmt.Errorf("%d acknowledged writes are missing", len(want)-found)
 	}

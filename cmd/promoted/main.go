@@ -21,10 +21,13 @@ const usage = `promoted moves one tenant's data between PostgreSQL isolation tie
 
 Usage:
   promoted promote   --source DSN --target DSN --tenant ID [flags]
+  promoted demote    --source DEDICATED_DSN --target POOLED_DSN --tenant ID [flags]
+  promoted rollback  --source POOLED_DSN --target DEDICATED_DSN --tenant ID   after promote, before cleanup
   promoted replicate --source DSN --tenant ID --sink postgres://... [flags]
   promoted verify    --source DSN --target DSN --tenant ID   compare at a consistent point
   promoted cancel    --source DSN --tenant ID [--drop-target --target DSN]
   promoted cleanup   --source DSN --tenant ID   after a promote: delete the old rows
+                     (after a demote: --target POOLED_DSN --drop-source-tables)
   promoted demo      the whole story on throwaway local clusters
 
 Run 'promoted COMMAND --help' for a command's flags. Every flag can also be
@@ -65,6 +68,10 @@ func run(args []string) int {
 		err = replicate(ctx, args[1:])
 	case "promote":
 		err = promote(ctx, args[1:])
+	case "demote":
+		err = demote(ctx, args[1:])
+	case "rollback":
+		err = rollback(ctx, args[1:])
 	case "verify":
 		err = verifyCmd(ctx, args[1:])
 	case "cleanup":

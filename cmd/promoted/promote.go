@@ -15,13 +15,68 @@ import (
 // promote moves a pooled tenant into a dedicated schema or database while
 // it keeps working, and flips its catalog entry.
 func promote(ctx context.Context, args []string) error {
-	m, err := parseMove("promote", args, "target", "target database connection string (the dedicated database, or the source with --target-schema)",
-		func(fs *pflag.FlagSet, cfg *job.Config) { cfg.BindCopy(fs); cfg.Cutover.Bind(fs) }, true)
+	return flipMove(ctx, "promote", args)
+}
+
+// demote moves a tenant that lives in a dedicated schema or database back
+// into the pooled tables, live, and flips its catalog entry to them.
+func demote(ctx context.Context, args []string) error {
+	return flipMove(ctx, "demote", args)
+}
+
+// rollback undoes a promotion whose cleanup has not run: the tenant's
+// writes on the dedicated side since the flip stream back into its
+// pooled rows, and the catalog flips back.
+func rollback(ctx context.Context, args []string) error {
+	m, err := parseMove("rollback", args, "target", "the dedicated database the tenant was promoted into",
+		func(fs *pflag.FlagSet, cfg *job.Config) { cfg.Cutover.Bind(fs) }, true)
+	if err != nil {
+		return err
+	}
+	cfg, err := job.PrepareRollback(ctx, m.cfg)
+	if err != nil {
+		return usageOf(err)
+	}
+	j, err := job.New(cfg, m.log)
+	if err != nil {
+		return usageOf(err)
+	}
+	if err := serveMetrics(ctx, m.metricsAddr, m.log, route{"/verify", verifyHandler(j, m.verifyRemote)}); err != nil {
+		return err
+	}
+	testHooks(j)
+	if err := j.Run(ctx); err != nil {
+		return err
+	}
+	if ctx.Err() != nil {
+		return fmt.Errorf("stopped before the cutover: the dedicated side stays authoritative; rerun rollback to continue")
+	}
+	printSummary(os.Stdout, "rolled back", m.cfg.Tenant, j.Summary())
+	return nil
+}
+
+// flipMove runs a move that ends in a catalog flip: a promotion, or a
+// demotion (the same phases, from the dedicated side into the pooled
+// tables).
+func flipMove(ctx context.Context, name string, args []string) error {
+	demotion := name == "demote"
+	help, side, done := "target database connection string (the dedicated database, or the source with --target-schema)", "source", "promoted"
+	if demotion {
+		help, side, done = "the pooled database's connection string (its tables must exist; the catalog lives there unless --catalog)", "dedicated side", "demoted"
+	}
+	m, err := parseMove(name, args, "target", help,
+		func(fs *pflag.FlagSet, cfg *job.Config) {
+			cfg.BindCopy(fs)
+			cfg.Cutover.Bind(fs)
+			if !demotion {
+				fs.BoolVar(&cfg.NoRollback, "no-rollback", false, "keep no rollback slot on the target (the way back is then a full demote)")
+			}
+		}, true)
 	if err != nil {
 		return err
 	}
 	cfg, c, log := m.cfg, m.common, m.log
-	cfg.Promote = true
+	cfg.Promote, cfg.Demote = true, demotion
 	j, err := job.New(cfg, log)
 	if err != nil {
 		return usageOf(err)
@@ -34,22 +89,26 @@ func promote(ctx context.Context, args []string) error {
 		return err
 	}
 	if ctx.Err() != nil {
-		return fmt.Errorf("stopped before the cutover: the source stays authoritative; rerun promote to continue")
+		return fmt.Errorf("stopped before the cutover: the %s stays authoritative; rerun %s to continue", side, name)
 	}
-	printSummary(os.Stdout, cfg.Tenant, j.Summary())
+	printSummary(os.Stdout, done, cfg.Tenant, j.Summary())
+	if s := j.Summary(); s != nil && s.Rollback {
+		fmt.Printf("  until cleanup, roll back with: promoted rollback --source %s --target %s --tenant %s\n", job.Redact(cfg.SourceDSN), job.Redact(cfg.TargetDSN), cfg.Tenant)
+	}
 	return nil
 }
 
-// printSummary is the report of a promotion.
-func printSummary(w io.Writer, tenant string, s *job.Summary) {
+// printSummary is the report of a promotion or a demotion (what says
+// which).
+func printSummary(w io.Writer, what, tenant string, s *job.Summary) {
 	if s == nil {
 		return
 	}
 	if s.AlreadyFlipped {
-		fmt.Fprintf(w, "tenant %s was already promoted (catalog version %d); slot and publication dropped\n", tenant, s.Version)
+		fmt.Fprintf(w, "tenant %s was already %s (catalog version %d); slot and publication dropped\n", tenant, what, s.Version)
 		return
 	}
-	fmt.Fprintf(w, "tenant %s promoted\n", tenant)
+	fmt.Fprintf(w, "tenant %s %s\n", tenant, what)
 	names := make([]string, 0, len(s.Copied))
 	for n := range s.Copied {
 		names = append(names, n)
@@ -76,5 +135,8 @@ func printSummary(w io.Writer, tenant string, s *job.Summary) {
 		fmt.Fprintf(w, "  lag at fence                  %10d bytes\n", cs.LagAtFence)
 		fmt.Fprintf(w, "  writes blocked                %10d ms (fence armed to catalog flipped)\n", cs.Blocked.Milliseconds())
 		fmt.Fprintf(w, "  catalog version               %10d\n", cs.Version)
+	}
+	if s.Spread > 0 {
+		fmt.Fprintf(w, "  sequences                     %10d started 2^40 ahead of the pooled ones, so ids taken on both sides never meet\n", s.Spread)
 	}
 }

@@ -42,10 +42,15 @@ func testHooks(j *job.Job) {
 	if d, err := time.ParseDuration(os.Getenv("PROMOTED_TEST_CHUNK_DELAY")); err == nil && d > 0 {
 		j.Hooks.AfterChunk = func(string) { time.Sleep(d) }
 	}
-	// PROMOTED_TEST_CRASH_AT=arm|drain|flip kills the process (SIGKILL, no
-	// cleanup) at that step of the cutover.
+	// PROMOTED_TEST_CRASH_AT=copy|catchup|arm|drain|flip kills the process
+	// (SIGKILL, no cleanup) after the first copied chunk, as the catch-up
+	// starts, or at that step of the cutover.
 	crash := func() { syscall.Kill(os.Getpid(), syscall.SIGKILL); select {} }
 	switch os.Getenv("PROMOTED_TEST_CRASH_AT") {
+	case "copy":
+		j.Hooks.AfterChunk = func(string) { crash() }
+	case "catchup":
+		j.Hooks.Streaming = crash
 	case "arm":
 		j.Hooks.Cutover.AfterArm = crash
 	case "drain":
