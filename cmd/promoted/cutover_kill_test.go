@@ -30,26 +30,7 @@ func killCutover(t *testing.T, step, then string) {
 	// Writers on another tenant only, routed like an application (so they
 	// never move rows into the moving tenant): they must never fail.
 	// Tenant 1's own writes are checked directly below.
-	router := &testenv.Router{CatalogDSN: sdb.App, Default: sdb.App, DSN: func(string) string { return sdb.App }}
-	defer router.Close()
-	stopWriters, err := testenv.LoadRouted(ctx, sdb.App, []int{2}, 2, router)
-	if err != nil {
-		t.Fatal(err)
-	}
-	stopped := false
-	stopLoad := func() {
-		stopped = true
-		for _, w := range stopWriters() {
-			if w.Errs.Load() > 0 || w.Fenced.Load() > 0 {
-				t.Errorf("writer on tenant 2: %d errors, %d fenced, last: %v", w.Errs.Load(), w.Fenced.Load(), w.Last.Load())
-			}
-		}
-	}
-	defer func() {
-		if !stopped {
-			stopWriters()
-		}
-	}()
+	stopLoad := neighbours(t, sdb, []int{2}, 2, true)
 	args := []string{"promote", "--source", sdb.Mover, "--target", ddb.Mover, "--tenant", "1", "--cutover-timeout", "10s"}
 	d := startDaemon(t, []string{"PROMOTED_TEST_CRASH_AT=" + step}, args...)
 	select {
@@ -141,4 +122,34 @@ func killCutover(t *testing.T, step, then string) {
 			t.Errorf("%d slots, publications or fence triggers left after cancel", n)
 		}
 	}
+}
+
+// neighbours starts writers on other tenants of the pooled database,
+// routed like an application (so they never move rows into the moving
+// tenant), and returns the function that stops them and fails the test
+// if any write failed (or, with notFenced, met a fence). The writers are
+// stopped at the end of the test if the test did not.
+func neighbours(t *testing.T, db testenv.TenantDB, tenants []int, perTenant int, notFenced bool) func() {
+	t.Helper()
+	router := &testenv.Router{CatalogDSN: db.App, Default: db.App, DSN: func(string) string { return db.App }}
+	stopWriters, err := testenv.LoadRouted(context.Background(), db.App, tenants, perTenant, router)
+	if err != nil {
+		router.Close()
+		t.Fatal(err)
+	}
+	stopped := false
+	stop := func() {
+		if stopped {
+			return
+		}
+		stopped = true
+		for _, w := range stopWriters() {
+			if w.Errs.Load() > 0 || (notFenced && w.Fenced.Load() > 0) {
+				t.Errorf("writer on tenant %d: %d errors, %d fenced, last: %v", w.Tenant, w.Errs.Load(), w.Fenced.Load(), w.Last.Load())
+			}
+		}
+		router.Close()
+	}
+	t.Cleanup(stop)
+	return stop
 }

@@ -121,18 +121,7 @@ func demo(ctx context.Context, args []string) error {
 		case <-time.After(live):
 		}
 	}
-	// At the drain point, under the fence, pin a snapshot of the target so
-	// the final row-by-row check sees it exactly as it was flipped.
-	atFlip := make(chan *pgx.Conn, 1)
-	j.Hooks.Cutover.AfterDrain = func() {
-		if conn, err := pinnedConn(ctx, dstDSN); err == nil {
-			if _, err := conn.Exec(ctx, "BEGIN ISOLATION LEVEL REPEATABLE READ; SELECT 1"); err == nil {
-				atFlip <- conn
-				return
-			}
-			conn.Close(ctx)
-		}
-	}
+	atFlip := snapshotAtDrain(ctx, j, dstDSN)
 	done := make(chan error, 1)
 	go func() { done <- j.Run(ctx) }()
 
@@ -240,16 +229,7 @@ func demoteBack(ctx context.Context, log *slog.Logger, say func(string, ...any),
 	if err != nil {
 		return err
 	}
-	atFlip := make(chan *pgx.Conn, 1)
-	j.Hooks.Cutover.AfterDrain = func() {
-		if conn, err := pinnedConn(ctx, pooledDB.Admin); err == nil {
-			if _, err := conn.Exec(ctx, "BEGIN ISOLATION LEVEL REPEATABLE READ; SELECT 1"); err == nil {
-				atFlip <- conn
-				return
-			}
-			conn.Close(ctx)
-		}
-	}
+	atFlip := snapshotAtDrain(ctx, j, pooledDB.Admin)
 	if err := j.Run(ctx); err != nil {
 		return err
 	}
@@ -283,6 +263,23 @@ func demoteBack(ctx context.Context, log *slog.Logger, say func(string, ...any),
 	}
 	say("the dedicated tables stay, fenced, until `promoted cleanup --drop-source-tables`")
 	return nil
+}
+
+// snapshotAtDrain pins, at the drain point under the fence, a snapshot of
+// the move's target, so the final row-by-row check sees it exactly as it
+// was flipped.
+func snapshotAtDrain(ctx context.Context, j *job.Job, dsn string) <-chan *pgx.Conn {
+	atFlip := make(chan *pgx.Conn, 1)
+	j.Hooks.Cutover.AfterDrain = func() {
+		if conn, err := pinnedConn(ctx, dsn); err == nil {
+			if _, err := conn.Exec(ctx, "BEGIN ISOLATION LEVEL REPEATABLE READ; SELECT 1"); err == nil {
+				atFlip <- conn
+				return
+			}
+			conn.Close(ctx)
+		}
+	}
+	return atFlip
 }
 
 func pinnedConn(ctx context.Context, dsn string) (*pgx.Conn, error) {

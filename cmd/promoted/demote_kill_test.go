@@ -34,28 +34,8 @@ func killDemotion(t *testing.T, step, then string) {
 	if code, _, stderr := runCLI(t, "cleanup", "--source", pooled.Mover, "--tenant", "2"); code != 0 {
 		t.Fatalf("cleanup of the promotion: exit %d\n%s", code, stderr)
 	}
-	// Other tenants write to the pooled tables all along, routed like an
-	// application (so they never move a row into tenant 2): never failing.
-	router := &testenv.Router{CatalogDSN: pooled.App, Default: pooled.App, DSN: func(string) string { return pooled.App }}
-	defer router.Close()
-	stopWriters, err := testenv.LoadRouted(ctx, pooled.App, []int{1, 3}, 1, router)
-	if err != nil {
-		t.Fatal(err)
-	}
-	stopped := false
-	stopLoad := func() {
-		stopped = true
-		for _, w := range stopWriters() {
-			if w.Errs.Load() > 0 {
-				t.Errorf("writer on tenant %d: %d errors, last: %v", w.Tenant, w.Errs.Load(), w.Last.Load())
-			}
-		}
-	}
-	defer func() {
-		if !stopped {
-			stopWriters()
-		}
-	}()
+	// Other tenants write to the pooled tables all along, never failing.
+	stopLoad := neighbours(t, pooled, []int{1, 3}, 1, false)
 	args := []string{"demote", "--source", dedicated.Mover, "--target", pooled.Mover, "--tenant", "2", "--cutover-timeout", "10s", "--chunk-rows", "50", "--parallel", "1"}
 	d := startDaemon(t, []string{"PROMOTED_TEST_CRASH_AT=" + step}, args...)
 	select {
