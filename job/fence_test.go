@@ -286,14 +286,7 @@ func TestLostUpdateStopsTheFlip(t *testing.T) {
 	ctx := context.Background()
 	p := newPromotion(t, true)
 	p.job.cfg.Cutover.FenceCheck = cutover.CheckChanged
-	var lost atomic.Bool
-	p.job.Hooks.Lose = func(c *promoted.Change) bool {
-		if c.Op == promoted.Update && c.Table.Name == "customers" && strings.Contains(string(c.New[c.Table.ColumnIndex("name")].Data), "lost") {
-			lost.Store(true)
-			return true
-		}
-		return false
-	}
+	lost := loseTheLostUpdate(p)
 	// BeforeArm runs after the full verification before the fence: the
 	// update lands between the two, and the sink loses it.
 	updated := false
@@ -302,11 +295,38 @@ func TestLostUpdateStopsTheFlip(t *testing.T) {
 			return
 		}
 		updated = true
-		mustExec(t, ctx, p.src.App, `UPDATE customers SET name = 'lost update' WHERE tenant_id = 1 AND id = (SELECT min(id) FROM customers WHERE tenant_id = 1)`)
-		end := currentLSN(t, ctx, p.srcDSN)
-		waitFor(t, 30*time.Second, "the apply to pass the update", func() bool { return p.job.Applied() >= end })
+		writeLostUpdate(t, ctx, p)
 	}
 	err := p.job.Run(ctx)
+	checkLostUpdateRefused(t, ctx, p, lost, err)
+}
+
+// loseTheLostUpdate has the sink drop the update writeLostUpdate makes, as
+// a broken stream would, and reports whether it did.
+func loseTheLostUpdate(p *promotion) *atomic.Bool {
+	var lost atomic.Bool
+	p.job.Hooks.Lose = func(c *promoted.Change) bool {
+		if c.Op == promoted.Update && c.Table.Name == "customers" && strings.Contains(string(c.New[c.Table.ColumnIndex("name")].Data), "lost") {
+			lost.Store(true)
+			return true
+		}
+		return false
+	}
+	return &lost
+}
+
+// writeLostUpdate updates one customer of tenant 1 and waits for the
+// apply to pass it.
+func writeLostUpdate(t *testing.T, ctx context.Context, p *promotion) {
+	mustExec(t, ctx, p.src.App, `UPDATE customers SET name = 'lost update' WHERE tenant_id = 1 AND id = (SELECT min(id) FROM customers WHERE tenant_id = 1)`)
+	end := currentLSN(t, ctx, p.srcDSN)
+	waitFor(t, 30*time.Second, "the apply to pass the update", func() bool { return p.job.Applied() >= end })
+}
+
+// checkLostUpdateRefused checks that the move refused to flip, and left
+// the catalog and the fence as they were.
+func checkLostUpdateRefused(t *testing.T, ctx context.Context, p *promotion, lost *atomic.Bool, err error) {
+	t.Helper()
 	if !lost.Load() {
 		t.Fatal("the update was never lost: the test proves nothing")
 	}

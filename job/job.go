@@ -39,6 +39,9 @@ type Hooks struct {
 	// waits for the lag to allow the cutover (the demo lets the replica
 	// run live for a while here).
 	BeforeCutover func(ctx context.Context)
+	// Verified runs after the full verification before the fence, before
+	// the re-checks that narrow what the fence must check.
+	Verified func()
 	// Cutover runs at the cutover's irreversible steps.
 	Cutover cutover.Hooks
 	// Lose drops the changes it returns true for in the sink, as a
@@ -74,10 +77,14 @@ type Job struct {
 	// verified is the result of a verify-only run; preVerified of the
 	// cutover's full comparison before the fence.
 	verified, preVerified *verify.Result
-	copied                map[*promoted.Table]int64
-	copySeconds           float64
-	summary               *Summary
-	entry                 state.Entry
+	// rounds are the re-checks before the fence (converge); epoch is the
+	// tracking epoch from which the check under the fence re-compares.
+	rounds      []*verify.Result
+	epoch       int
+	copied      map[*promoted.Table]int64
+	copySeconds float64
+	summary     *Summary
+	entry       state.Entry
 
 	// FetchWait bounds how long a re-read of a row waits for its source
 	// transaction to become visible (0: the fetcher's default).

@@ -51,6 +51,10 @@ type Summary struct {
 	// and this run only finished its cleanup of the slot.
 	AlreadyFlipped bool
 	Version        int64
+	// Rounds are the re-checks, before the fence, of the rows written
+	// since the full verification (the check under the fence then covers
+	// only the writes after the last one).
+	Rounds []*verify.Result
 	// Rollback is set when the promotion can be rolled back (until its
 	// cleanup): a slot on the target records the tenant's writes there.
 	Rollback bool
@@ -146,6 +150,20 @@ func (j *Job) cutover(ctx context.Context, st *stream.Stream, sink *apply.Postgr
 	if err != nil {
 		return err
 	}
+	if check != nil {
+		if err := j.converge(ctx, src, sink); err != nil {
+			if derr := state.StopTracking(context.Background(), src, j.ID); derr != nil {
+				j.log.Error("stop tracking the tenant's writes", "err", derr)
+			}
+			if perr := state.SetJobPhase(context.Background(), src, j.ID, state.PhaseFailed, err.Error(), nil); perr != nil {
+				j.log.Error("record the failed re-check", "err", perr)
+			}
+			return stop(fmt.Errorf("cutover: %w", err))
+		}
+		if lag, err = j.waitCaughtUp(ctx, src, st, sink); err != nil {
+			return err
+		}
+	}
 	dst, err := db.Open(ctx, db.Target, j.cfg.TargetDSN, "promoted-cutover")
 	if err != nil {
 		return err
@@ -196,7 +214,7 @@ func (j *Job) cutover(ctx context.Context, st *stream.Stream, sink *apply.Postgr
 	}
 	sum.PreVerify = j.preVerified
 	j.summary = &Summary{Copied: map[string]int64{}, Changes: sink.Changes(), Cutover: sum, Version: sum.Version, CopySeconds: j.copySeconds,
-		Rollback: reverse}
+		Rollback: reverse, Rounds: j.rounds}
 	if !j.cfg.Demote {
 		for _, q := range j.plan.Sequences {
 			if !q.Shared {
@@ -250,34 +268,47 @@ func (j *Job) preVerify(ctx context.Context, src *pgx.Conn, sink *apply.Postgres
 		return nil, err
 	}
 	j.preVerified = pre
+	if j.Hooks.Verified != nil {
+		j.Hooks.Verified()
+	}
 	if !pre.Equal() {
 		return nil, fmt.Errorf("the target differs from the source before the fence, so no cutover was tried: %s", strings.ReplaceAll(pre.Summary(), "\n", "; "))
 	}
 	if !tracking || (j.cfg.Cutover.FenceCheck == cutover.CheckAuto && pre.Duration < j.cfg.Cutover.Timeout/20) {
 		return nil, nil // compare everything under the fence: it is cheap
 	}
-	tables := j.plan.Tables
+	j.rounds, j.epoch = nil, 0
 	return func(ctx context.Context, src, dst *pgx.Conn) (*verify.Result, error) {
 		start := time.Now()
 		touched := sink.Touched()
-		written, err := state.ChangedKeys(ctx, src, j.ID)
+		written, err := state.ChangedKeys(ctx, src, j.ID, j.epoch)
 		if err != nil {
 			return nil, err
 		}
-		res := &verify.Result{}
-		for _, t := range tables {
-			keys := unionKeys(touched.Keys[t], written[t.Name])
-			tr, err := verify.CompareKeys(ctx, src, dst, t, keys, verify.Options{NoCounts: true})
-			if err != nil {
-				return nil, err
-			}
-			res.Tables = append(res.Tables, tr)
-			res.Rows += int64(len(keys))
+		res, err := j.compareKeys(ctx, src, dst, touched, written)
+		if err != nil {
+			return nil, err
 		}
 		res.Duration = time.Since(start)
-		j.log.Info("re-checked the rows changed since the full verification", "stage", "cutover", "rows", res.Rows, "ms", res.Duration.Milliseconds())
+		j.log.Info("re-checked the rows changed since the last check before the fence", "stage", "cutover", "rows", res.Rows, "ms", res.Duration.Milliseconds())
 		return res, nil
 	}, nil
+}
+
+// compareKeys compares the rows the sink touched and the source recorded
+// as written, and only those.
+func (j *Job) compareKeys(ctx context.Context, src, dst verify.Querier, touched apply.Touched, written map[string][][]string) (*verify.Result, error) {
+	res := &verify.Result{}
+	for _, t := range j.plan.Tables {
+		keys := unionKeys(touched.Keys[t], written[t.Name])
+		tr, err := verify.CompareKeys(ctx, src, dst, t, keys, verify.Options{NoCounts: true})
+		if err != nil {
+			return nil, err
+		}
+		res.Tables = append(res.Tables, tr)
+		res.Rows += int64(len(keys))
+	}
+	return res, nil
 }
 
 // unionKeys merges two key lists without repeats.

@@ -50,6 +50,27 @@ func (j *Job) verifyTurn(ctx context.Context, track bool) (*verify.Result, error
 // records every row it changes after the verified point, for the
 // cutover's re-check.
 func (j *Job) verifyAt(ctx context.Context, track bool) (*verify.Result, error) {
+	return j.atConsistentPoint(ctx, func(ctx context.Context, tx pgx.Tx, dst *pgx.Conn, lsn promoted.LSN) (*verify.Result, error) {
+		if track {
+			j.mu.Lock()
+			sink := j.sink
+			j.mu.Unlock()
+			sink.StartTracking()
+		}
+		j.log.Info("verifying at a consistent point", "stage", "verify", "lsn", lsn.String())
+		res, err := verify.Compare(ctx, tx, dst, j.plan.Tables, verify.Options{})
+		if err != nil {
+			return nil, err
+		}
+		j.log.Info("verified", "stage", "verify", "rows", res.Rows, "equal", res.Equal(), "ms", res.Duration.Milliseconds())
+		return res, nil
+	})
+}
+
+// atConsistentPoint runs compare with the source seen at one point of its
+// WAL (tx, a snapshot exported by a temporary slot) and the target held
+// exactly there (the apply pauses at that point until compare returns).
+func (j *Job) atConsistentPoint(ctx context.Context, compare func(ctx context.Context, tx pgx.Tx, dst *pgx.Conn, at promoted.LSN) (*verify.Result, error)) (*verify.Result, error) {
 	j.mu.Lock()
 	g := j.gate
 	j.mu.Unlock()
@@ -98,19 +119,7 @@ func (j *Job) verifyAt(ctx context.Context, track bool) (*verify.Result, error) 
 	case <-time.After(10 * time.Minute):
 		return nil, fmt.Errorf("verify: the apply did not reach %s within 10 minutes: the lag is too high to verify now", slot.ConsistentPoint)
 	}
-	if track {
-		j.mu.Lock()
-		sink := j.sink
-		j.mu.Unlock()
-		sink.StartTracking()
-	}
-	j.log.Info("verifying at a consistent point", "stage", "verify", "lsn", slot.ConsistentPoint.String())
-	res, err := verify.Compare(ctx, tx, dst, j.plan.Tables, verify.Options{})
-	if err != nil {
-		return nil, err
-	}
-	j.log.Info("verified", "stage", "verify", "rows", res.Rows, "equal", res.Equal(), "ms", res.Duration.Milliseconds())
-	return res, nil
+	return compare(ctx, tx, dst, slot.ConsistentPoint)
 }
 
 // errVerified stops a verify-only run once it has its result.

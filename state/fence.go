@@ -31,8 +31,11 @@ const FenceSQLState = "PM001"
 // A fence row is armed, or only tracking: then the keys of the tenant's
 // rows written are recorded in promoted.changed, by the source itself and
 // independently of the change stream, so the check under the fence can
-// re-compare exactly the rows changed since the last full verification
-// and still catch a change the stream lost.
+// re-compare exactly the rows changed since the last check before it
+// and still catch a change the stream lost. Each key is recorded with
+// the fence row's epoch, which the job raises each time it has re-checked
+// what was recorded before (NextEpoch), so the check under the fence only
+// covers the last epoch.
 //
 // The only way past an armed fence is a row in promoted.fence_bypass with
 // the writing transaction's own id, which only the mover can insert and
@@ -47,11 +50,11 @@ func FenceFunction(col string) (name, ddl string) {
 		return `(SELECT jsonb_agg(to_jsonb(` + row + `) -> k.a ORDER BY k.o) FROM unnest(TG_ARGV) WITH ORDINALITY AS k(a, o))`
 	}
 	check := func(row, also string) string {
-		return fmt.Sprintf(`SELECT fe.armed, fe.job_id INTO f FROM promoted.fence fe
+		return fmt.Sprintf(`SELECT fe.armed, fe.job_id, fe.epoch INTO f FROM promoted.fence fe
          WHERE fe.schema_name = TG_TABLE_SCHEMA AND fe.tenant_id = v AND (fe.tables IS NULL OR TG_TABLE_NAME = ANY (fe.tables));
         IF FOUND THEN
             IF NOT f.armed THEN
-                INSERT INTO promoted.changed VALUES (f.job_id, TG_TABLE_NAME, %[1]s) ON CONFLICT DO NOTHING;%[2]s
+                INSERT INTO promoted.changed (job_id, table_name, key, epoch) VALUES (f.job_id, TG_TABLE_NAME, %[1]s, f.epoch) ON CONFLICT DO NOTHING;%[2]s
             ELSIF NOT EXISTS (SELECT 1 FROM promoted.fence_bypass b WHERE b.xid = pg_current_xact_id_if_assigned()) THEN
                 RAISE EXCEPTION USING ERRCODE = '%[3]s',
                     MESSAGE = format('tenant %%s is moving to a new location: writes to %%I.%%I are fenced; re-resolve the tenant''s location and retry', v, TG_TABLE_SCHEMA, TG_TABLE_NAME);
@@ -60,7 +63,7 @@ func FenceFunction(col string) (name, ddl string) {
 	}
 	oldToo := `
                 IF TG_OP = 'UPDATE' THEN
-                    INSERT INTO promoted.changed VALUES (f.job_id, TG_TABLE_NAME, ` + key("OLD") + `) ON CONFLICT DO NOTHING;
+                    INSERT INTO promoted.changed (job_id, table_name, key, epoch) VALUES (f.job_id, TG_TABLE_NAME, ` + key("OLD") + `, f.epoch) ON CONFLICT DO NOTHING;
                 END IF;`
 	body := fmt.Sprintf(`
 DECLARE
@@ -143,7 +146,7 @@ func Track(ctx context.Context, q Querier, f Fence) error {
 		return err
 	}
 	tag, err := q.Exec(ctx, `INSERT INTO promoted.fence (schema_name, tenant_id, job_id, tables, armed) VALUES ($1, $2, $3, $4, false)
-	    ON CONFLICT (schema_name, tenant_id) DO UPDATE SET tables = EXCLUDED.tables, armed = false
+	    ON CONFLICT (schema_name, tenant_id) DO UPDATE SET tables = EXCLUDED.tables, armed = false, epoch = 0
 	    WHERE promoted.fence.job_id = EXCLUDED.job_id`, f.Schema, f.Tenant, f.JobID, f.Tables)
 	if err != nil {
 		return fmt.Errorf("track the tenant's writes: %w", err)
@@ -154,10 +157,22 @@ func Track(ctx context.Context, q Querier, f Fence) error {
 	return nil
 }
 
-// ChangedKeys returns the keys of the tenant's rows written since Track,
-// per table: each key is the primary-key columns' values as text.
-func ChangedKeys(ctx context.Context, q Querier, jobID string) (map[string][][]string, error) {
-	rows, err := q.Query(ctx, `SELECT table_name, array(SELECT jsonb_array_elements_text(key)) FROM promoted.changed WHERE job_id = $1`, jobID)
+// ChangedKeys returns the keys of the tenant's rows written since Track
+// in epochs from since on, per table: each key is the primary-key columns'
+// values as text.
+func ChangedKeys(ctx context.Context, q Querier, jobID string, since int) (map[string][][]string, error) {
+	return changedKeys(ctx, q, `SELECT DISTINCT table_name, array(SELECT jsonb_array_elements_text(key)) FROM promoted.changed WHERE job_id = $1 AND epoch >= $2`, jobID, since)
+}
+
+// ChangedKeysBefore returns the keys recorded in epochs before the given
+// one: complete once every transaction older than the epoch's start has
+// ended (the cutover's barrier).
+func ChangedKeysBefore(ctx context.Context, q Querier, jobID string, epoch int) (map[string][][]string, error) {
+	return changedKeys(ctx, q, `SELECT DISTINCT table_name, array(SELECT jsonb_array_elements_text(key)) FROM promoted.changed WHERE job_id = $1 AND epoch < $2`, jobID, epoch)
+}
+
+func changedKeys(ctx context.Context, q Querier, sql, jobID string, epoch int) (map[string][][]string, error) {
+	rows, err := q.Query(ctx, sql, jobID, epoch)
 	if err != nil {
 		return nil, fmt.Errorf("read the rows written since the verification: %w", err)
 	}
@@ -172,6 +187,29 @@ func ChangedKeys(ctx context.Context, q Querier, jobID string) (map[string][][]s
 		return nil, fmt.Errorf("read the rows written since the verification: %w", err)
 	}
 	return out, nil
+}
+
+// NextEpoch starts a new epoch of the job's tracking and returns it: the
+// tenant's writes from then on are recorded under it, so what was recorded
+// before can be re-checked and left out of the check under the fence.
+// Writes of transactions older than the call may still record the old
+// epoch: wait them out (the barrier) before reading ChangedKeysBefore.
+func NextEpoch(ctx context.Context, q Querier, jobID string) (int, error) {
+	var epoch int
+	err := q.QueryRow(ctx, `UPDATE promoted.fence SET epoch = epoch + 1 WHERE job_id = $1 AND NOT armed RETURNING epoch`, jobID).Scan(&epoch)
+	if err != nil {
+		return 0, fmt.Errorf("start a new epoch of the tracking of the tenant's writes: %w", err)
+	}
+	return epoch, nil
+}
+
+// DeleteChangedBefore forgets the keys of epochs before epoch, once they
+// have been re-checked.
+func DeleteChangedBefore(ctx context.Context, q Querier, jobID string, epoch int) error {
+	if _, err := q.Exec(ctx, `DELETE FROM promoted.changed WHERE job_id = $1 AND epoch < $2`, jobID, epoch); err != nil {
+		return fmt.Errorf("forget the re-checked rows: %w", err)
+	}
+	return nil
 }
 
 // StopTracking removes the job's fence row if it only tracks (never an

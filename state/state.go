@@ -58,13 +58,21 @@ CREATE TABLE IF NOT EXISTS promoted.fence (
 );
 ALTER TABLE promoted.fence ADD COLUMN IF NOT EXISTS tables text[];
 ALTER TABLE promoted.fence ADD COLUMN IF NOT EXISTS armed boolean NOT NULL DEFAULT true;
+ALTER TABLE promoted.fence ADD COLUMN IF NOT EXISTS epoch integer NOT NULL DEFAULT 0;
 CREATE TABLE IF NOT EXISTS promoted.fence_bypass (xid xid8 PRIMARY KEY);
 CREATE TABLE IF NOT EXISTS promoted.changed (
     job_id     text NOT NULL,
     table_name text NOT NULL,
     key        jsonb NOT NULL,
-    PRIMARY KEY (job_id, table_name, key)
+    epoch      integer NOT NULL DEFAULT 0,
+    PRIMARY KEY (job_id, epoch, table_name, key)
 );
+ALTER TABLE promoted.changed ADD COLUMN IF NOT EXISTS epoch integer NOT NULL DEFAULT 0;
+DO $$BEGIN
+    IF NOT EXISTS (SELECT 1 FROM pg_constraint WHERE conrelid = 'promoted.changed'::regclass AND contype = 'p' AND cardinality(conkey) = 4) THEN
+        ALTER TABLE promoted.changed DROP CONSTRAINT IF EXISTS changed_pkey, ADD PRIMARY KEY (job_id, epoch, table_name, key);
+    END IF;
+END$$;
 REVOKE ALL ON promoted.jobs, promoted.fence, promoted.fence_bypass, promoted.changed FROM PUBLIC`
 
 	catalogDDL = `CREATE SCHEMA IF NOT EXISTS promoted;

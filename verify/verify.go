@@ -128,7 +128,7 @@ func (r *Result) Summary() string {
 		}
 		var b strings.Builder
 		if t.KeysOnly {
-			fmt.Fprintf(&b, "%s: rows changed since the last full verification", t.Table)
+			fmt.Fprintf(&b, "%s: rows changed since the last check before the fence", t.Table)
 		} else {
 			fmt.Fprintf(&b, "%s: %d rows on the source, %d on the target", t.Table, t.SourceRows, t.TargetRows)
 		}

@@ -123,10 +123,17 @@ func printSummary(w io.Writer, what, tenant string, s *job.Summary) {
 			fmt.Fprintf(w, "  verified before the fence     %10d rows, counts and checksums equal (%d ms, %.0f rows/s)\n",
 				cs.PreVerify.Rows, cs.PreVerify.Duration.Milliseconds(), float64(cs.PreVerify.Rows)/cs.PreVerify.Duration.Seconds())
 		}
+		var rows, ms int64
+		for _, r := range s.Rounds {
+			rows, ms = rows+r.Rows, ms+r.Duration.Milliseconds()
+		}
+		if len(s.Rounds) > 0 {
+			fmt.Fprintf(w, "  re-checked before the fence   %10d rows written meanwhile, equal (%d rounds, %d ms)\n", rows, len(s.Rounds), ms)
+		}
 		if cs.Verify != nil {
 			what := "every row and count"
 			if len(cs.Verify.Tables) > 0 && cs.Verify.Tables[0].KeysOnly {
-				what = "the rows written since the verification before it"
+				what = "the rows written since the last check before it"
 			}
 			fmt.Fprintf(w, "  verified under the fence      %10d rows equal: %s (%d ms)\n", cs.Verify.Rows, what, cs.Verify.Duration.Milliseconds())
 		} else {
