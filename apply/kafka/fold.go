@@ -30,7 +30,9 @@ func Fold(ctx context.Context, cfg Config, tables []*promoted.Table, types *Type
 		return nil, err
 	}
 	state := State{}
-	client := &kafkago.Client{Addr: kafkago.TCP(cfg.Brokers...), Timeout: cfg.Timeout}
+	// A transport of its own: a shared one answers metadata from a cache
+	// that may predate the topics.
+	client := &kafkago.Client{Addr: kafkago.TCP(cfg.Brokers...), Timeout: cfg.Timeout, Transport: &kafkago.Transport{DialTimeout: cfg.Timeout}}
 	for i, t := range tables {
 		te, err := newTableEnc(&cfg, t, i, types, slog.New(slog.DiscardHandler))
 		if err != nil {
