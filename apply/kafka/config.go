@@ -9,7 +9,7 @@ package kafka
 
 import (
 	"fmt"
-	"net/url"
+	"net"
 	"strings"
 	"time"
 
@@ -118,23 +118,21 @@ func (c *Config) Validate() error {
 // ParseSinkURL reads --sink kafka://host:port[,host:port]/PREFIX into the
 // bootstrap brokers and the topic prefix.
 func ParseSinkURL(s string) (brokers []string, prefix string, err error) {
-	u, err := url.Parse(s)
-	if err != nil {
-		return nil, "", fmt.Errorf("--sink %q: %w", s, err)
-	}
-	if u.Scheme != "kafka" {
+	rest, ok := strings.CutPrefix(s, "kafka://")
+	if !ok {
 		return nil, "", fmt.Errorf("--sink %q: not a kafka:// URL", s)
 	}
-	for _, b := range strings.Split(u.Host, ",") {
+	hosts, path, _ := strings.Cut(rest, "/")
+	for _, b := range strings.Split(hosts, ",") {
 		if b == "" {
 			continue
 		}
-		if !strings.Contains(b, ":") {
-			b += ":9092"
+		if _, _, err := net.SplitHostPort(b); err != nil {
+			b = net.JoinHostPort(b, "9092")
 		}
 		brokers = append(brokers, b)
 	}
-	prefix = strings.Trim(u.Path, "/")
+	prefix = strings.Trim(path, "/")
 	if len(brokers) == 0 || prefix == "" {
 		return nil, "", fmt.Errorf("--sink %q: expected kafka://host:port[,host:port]/PREFIX", s)
 	}
