@@ -231,7 +231,27 @@ func goldenTxns(t *testing.T) (*srcDB, []promoted.Txn) {
 
 // TestKafkaGolden writes the captured changes through the sink into a
 // broker and compares every record (headers, key, value) with the golden
-// files, one per case.
+// files, one per case. Cross-checked against Debezium 2.7's PostgreSQL
+// connector documentation (documentation/.../connectors/postgresql.adoc):
+//   - types.golden: the "create events" example (key schema
+//     PREFIX.schema.table.Key, envelope PREFIX.schema.table.Envelope,
+//     source version/connector/name/ts_ms/snapshot/db/sequence/schema/
+//     table/txId/lsn/xmin with sequence "["<last commit>","<lsn>"]");
+//     the documentation lists ts_us/ts_ns next to ts_ms, but the schema
+//     (AbstractSourceInfoStructMaker), and so JsonConverter, puts them
+//     after sequence, as here. Types follow the "Data type mappings"
+//     tables (ZonedTimestamp in UTC, Decimal with scale and
+//     connect.decimal.precision, VariableScaleDecimal, Enum with allowed).
+//   - delete.golden: the "delete events" example (before holds the key of
+//     a REPLICA IDENTITY DEFAULT table; the documentation abbreviates the
+//     other fields, which JsonConverter writes as null or, for NOT NULL
+//     columns, as Debezium's fallback values) and "Tombstone events".
+//   - pk_change.golden: "Primary key updates" (delete with
+//     __debezium.newkey, tombstone, create with __debezium.oldkey).
+//   - toast_update.golden: "Toasted values" (unavailable.value.placeholder).
+//   - transaction.golden: "Transaction metadata" (BEGIN/END with id
+//     "txId:LSN", event_count, data_collections, and the transaction block
+//     id/total_order/data_collection_order in each change).
 func TestKafkaGolden(t *testing.T) {
 	src, txns := goldenTxns(t)
 	if len(txns) != 5 {

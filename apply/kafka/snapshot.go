@@ -93,9 +93,15 @@ func (s *Sink) SnapshotRows(ctx context.Context, t *promoted.Table, rows []promo
 		}
 		s.snap.held = next
 	}
-	if last && len(rows) == 0 && first {
-		// An empty table: nothing to write, and nothing to wait for.
-		s.snap.pending[te.index] = nil
+	if last && len(rows) == 0 {
+		if h := s.snap.held; h != nil && h.te == te {
+			// The table ended exactly at a batch boundary: the held row
+			// is its last.
+			h.lastInTable = true
+		} else if first {
+			// An empty table: nothing to write, and nothing to wait for.
+			s.snap.emittedTo = max(s.snap.emittedTo, te.index+1)
+		}
 	}
 	return s.snapshotFlush(ctx)
 }
@@ -166,7 +172,13 @@ func (s *Sink) snapshotFlush(ctx context.Context) error {
 		s.snap.acked[t] = k
 	}
 	clear(s.snap.pending)
-	s.snap.done = max(s.snap.done, s.snap.emittedTo)
+	// A table is done once its last row is acknowledged: not while that
+	// row is still held back.
+	done := s.snap.emittedTo
+	if h := s.snap.held; h != nil && h.te.index < done {
+		done = h.te.index
+	}
+	s.snap.done = max(s.snap.done, done)
 	return nil
 }
 
