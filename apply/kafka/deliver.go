@@ -44,6 +44,8 @@ func (p Position) Less(q Position) bool {
 	return p.Sub < q.Sub
 }
 
+// String is the position as its record header carries it:
+// "commit/lsn/sub" in decimal.
 func (p Position) String() string {
 	return strconv.FormatUint(uint64(p.Commit), 10) + "/" + strconv.FormatUint(uint64(p.LSN), 10) + "/" + strconv.Itoa(p.Sub)
 }
@@ -62,6 +64,8 @@ func parsePosition(s string) (Position, error) {
 // record's partition (murmur2 of the key, or 0 for heartbeats).
 type assigned struct{}
 
+// Balance returns the partition the sink chose, falling back to murmur2
+// should the topic have fewer partitions than the sink saw.
 func (assigned) Balance(msg kafkago.Message, partitions ...int) int {
 	for _, p := range partitions {
 		if p == msg.Partition {
