@@ -12,7 +12,7 @@ demo: build
 # Tests start real PostgreSQL 15 clusters (testenv); one package at a time
 # keeps a 2-core machine responsive. The packages whose tests are quick
 # run under the race detector; the rest (long end-to-end runs) without.
-RACE_PKGS := . ./apply ./stream ./snapshot ./testenv ./schema
+RACE_PKGS := . ./apply ./apply/kafka ./stream ./snapshot ./testenv ./schema
 MODULE := $(shell $(GO) list -m)
 test:
 	$(GO) vet ./...

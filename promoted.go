@@ -186,6 +186,11 @@ type Change struct {
 	Lenient bool
 	// Content is the payload of a Message.
 	Content []byte
+	// LSN is the change's own position in the source's WAL (the XLogData
+	// start of its pgoutput message), for Debezium's source.lsn and
+	// source.sequence in Kafka records and for skipping what a Kafka
+	// topic already holds after a restart.
+	LSN LSN
 }
 
 // Txn is one source transaction of the tenant, in commit order, or a leading

@@ -29,6 +29,18 @@ type sized struct {
 	target string
 }
 
+// inProcessLogger is the logger of a move the benchmark runs in its own
+// process: BENCH_LOG=file keeps its lines, like the daemons'.
+func inProcessLogger() *slog.Logger {
+	var w io.Writer = io.Discard
+	if path := os.Getenv("BENCH_LOG"); path != "" {
+		if f, err := os.OpenFile(path, os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o644); err == nil {
+			w = f // kept open for the benchmark's life
+		}
+	}
+	return slog.New(slog.NewJSONHandler(w, nil))
+}
+
 // cutovers promotes tenants of a SaaS database one after another while
 // writers that follow the catalog run on every tenant, and returns how
 // long each promotion blocked its tenant's writes: the first promotion is
@@ -70,7 +82,7 @@ func (e *env) cutovers(ctx context.Context) (small []sized, medium sized, err er
 		}
 		cfg := job.Config{SourceDSN: pooled.Mover, TargetDSN: e.mover(dstDSN), Tenant: fmt.Sprint(tenant), Tables: testenv.MovedTables, Promote: true,
 			Cutover: cutover.Config{Timeout: 5 * time.Second}}
-		j, err := job.New(cfg, slog.New(slog.NewTextHandler(io.Discard, nil)))
+		j, err := job.New(cfg, inProcessLogger())
 		if err == nil {
 			err = j.Run(ctx)
 		}

@@ -28,7 +28,7 @@ func main() {
 	size := flag.String("size", "default", "default (a 1M-order tenant in a pooled database ten times larger) or small (about a minute)")
 	out := flag.String("out", "bench/out", "directory for the JSON report")
 	bin := flag.String("bin", "", "promoted binary (default: build ./cmd/promoted)")
-	only := flag.String("only", "", "comma-separated sections to run (copy,verify,drain,lag,cutover,neighbours,memory,scale,move); default all")
+	only := flag.String("only", "", "comma-separated sections to run (copy,verify,drain,lag,kafka,cutover,neighbours,memory,scale,move); default all")
 	flag.Parse()
 	if *only != "" {
 		sections = map[string]bool{}
@@ -188,6 +188,12 @@ func run(ctx context.Context, sizeName, bin string, log *os.File) (*Report, erro
 	}
 	if want("lag") {
 		if err := e.lagSection(ctx, r, tenantScript, othersScript, say); err != nil {
+			return r, err
+		}
+	}
+	if want("kafka") {
+		say("11. replica into Kafka: snapshot and backlog drain into an in-process broker, promoted vs kcat -P with the same records")
+		if err := e.kafkaSection(ctx, r, tenantScript, othersScript, say); err != nil {
 			return r, err
 		}
 	}

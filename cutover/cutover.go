@@ -58,7 +58,7 @@ func (c *Config) Bind(fs *pflag.FlagSet) {
 	fs.StringVar(&c.FlipSQL, "flip-sql", "", "flip your own routing table instead of promoted.tenant_catalog: $1 tenant, $2 location, $3 target schema")
 	fs.StringVar(&c.CatalogDSN, "catalog", "", "catalog database connection string (default: the source)")
 	fs.BoolVar(&c.SkipVerify, "skip-verify", false, "do not compare counts and checksums under the fence (faster, unchecked)")
-	fs.StringVar(&c.FenceCheck, "fence-check", CheckAuto, "what is compared under the fence: full (every row), changed (the rows written since the live verification just before, recorded by the source), or auto (full when that is quick)")
+	fs.StringVar(&c.FenceCheck, "fence-check", CheckAuto, "what is compared under the fence: full (every row), changed (the rows written since the live verification just before, recorded by the source), or auto (full when the whole comparison took under 1% of --cutover-timeout)")
 }
 
 // Validate checks the configuration.

@@ -9,6 +9,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"github.com/promoted/promoted/apply/kafka"
 	"time"
 
 	"github.com/spf13/pflag"
@@ -29,6 +30,9 @@ type Config struct {
 	Schema       string
 	TargetSchema string
 	Tables       []string
+	// Kafka configures a kafka:// sink (the brokers and the topic prefix
+	// come from TargetDSN).
+	Kafka kafka.Config
 	// Sequences are sequences of Schema the application calls by name,
 	// moved besides those the tables use.
 	Sequences []string
@@ -171,7 +175,18 @@ func (c *Config) Validate() error {
 	if _, err := db.ParseDSN(db.Source, c.SourceDSN); err != nil {
 		return usage(err)
 	}
-	if _, err := db.ParseDSN(db.Target, c.TargetDSN); err != nil {
+	if c.IsKafka() {
+		if c.Promote || c.VerifyOnly {
+			return usage(errors.New("a kafka:// sink is for `promoted replicate`: promote, demote and verify need a PostgreSQL target"))
+		}
+		var err error
+		if c.Kafka.Brokers, c.Kafka.Prefix, err = kafka.ParseSinkURL(c.TargetDSN); err != nil {
+			return usage(err)
+		}
+		if err := c.Kafka.Validate(); err != nil {
+			return usage(err)
+		}
+	} else if _, err := db.ParseDSN(db.Target, c.TargetDSN); err != nil {
 		return usage(err)
 	}
 	if c.Demote {

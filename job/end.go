@@ -130,9 +130,10 @@ func findMove(ctx context.Context, src *pgx.Conn, c *EndConfig) (*state.Job, err
 				continue // not a value of this move's tenant type
 			}
 		}
-		if tenant == j.Tenant {
+		// The active move of the tenant, else its latest ended one: a
+		// tenant may have been replicated and cancelled before.
+		if tenant == j.Tenant && (rec == nil || !rec.Active() && j.Active()) {
 			rec = j
-			break
 		}
 	}
 	if rec == nil {

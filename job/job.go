@@ -65,7 +65,9 @@ type Job struct {
 	copier *snapshot.Copier
 	sink   *apply.Postgres
 	stream *stream.Stream
-	m      *metrics
+	// durable is the Kafka sink's durable position, when the sink is Kafka.
+	durable func() promoted.LSN
+	m       *metrics
 
 	src  *pgx.Conn // the coordinator's source session, while Run runs
 	gate *apply.Gate
@@ -136,10 +138,19 @@ func (j *Job) Tables() []*promoted.Table {
 func (j *Job) Applied() promoted.LSN {
 	j.mu.Lock()
 	defer j.mu.Unlock()
-	if j.sink == nil {
-		return 0
+	return j.applied()
+}
+
+// applied is Applied with j.mu held: the PostgreSQL sink's durable
+// position, or the Kafka sink's.
+func (j *Job) applied() promoted.LSN {
+	switch {
+	case j.sink != nil:
+		return j.sink.Durable()
+	case j.durable != nil:
+		return j.durable()
 	}
-	return j.sink.Durable()
+	return 0
 }
 
 // Lag is how far, in WAL bytes, the target is behind what the source has
@@ -147,10 +158,10 @@ func (j *Job) Applied() promoted.LSN {
 func (j *Job) Lag() int64 {
 	j.mu.Lock()
 	defer j.mu.Unlock()
-	if j.sink == nil || j.stream == nil {
+	if j.stream == nil {
 		return 0
 	}
-	end, applied := j.stream.ServerWALEnd(), j.sink.Durable()
+	end, applied := j.stream.ServerWALEnd(), j.applied()
 	if end <= applied {
 		return 0
 	}
@@ -173,7 +184,11 @@ func (j *Job) RowsCopied() int64 {
 // returns nil with everything received either committed on the target and
 // acknowledged, or neither.
 func (j *Job) Run(ctx context.Context) error {
-	err := j.run(ctx)
+	run := j.run
+	if j.cfg.IsKafka() {
+		run = j.runKafka
+	}
+	err := run(ctx)
 	if err != nil && ctx.Err() != nil && stoppedBy(err) {
 		// Stopped on purpose before anything was left half-done: the
 		// statement the stop cancelled is not a failure.
@@ -482,22 +497,11 @@ func (j *Job) start(ctx context.Context, src, dst *pgx.Conn) error {
 			}
 		}
 	}
-	if err := snapshot.CreatePublication(ctx, src, j.names.Publication, j.plan.Tables); err != nil {
-		return err
-	}
-	repl, err := snapshot.ConnectReplication(ctx, j.cfg.SourceDSN, j.cfg.SlotTimeout)
+	repl, slot, err := j.createSlot(ctx, src)
 	if err != nil {
 		return err
 	}
 	defer repl.Close(context.Background())
-	slot, err := snapshot.CreateSlot(ctx, repl, j.names.Slot)
-	if err != nil {
-		return err
-	}
-	j.setPhase("snapshot")
-	if err := j.recordPhase(ctx, state.PhaseCopy); err != nil {
-		return err
-	}
 	j.log.Info("slot created", "stage", "snapshot", "slot", slot.Name, "consistent_point", slot.ConsistentPoint.String())
 	prog.ConsistentPoint = slot.ConsistentPoint
 	if err := state.WriteProgress(ctx, dst, prog); err != nil {
@@ -575,6 +579,30 @@ func (j *Job) start(ctx context.Context, src, dst *pgx.Conn) error {
 		return j.followAfter(ctx, err)
 	}
 	return err
+}
+
+// createSlot creates the move's publication and slot, with the exported
+// snapshot the copy reads under, and records that the snapshot phase
+// began. The replication session must stay open (and idle) while the
+// snapshot is read.
+func (j *Job) createSlot(ctx context.Context, src *pgx.Conn) (*pgconn.PgConn, *snapshot.Slot, error) {
+	if err := snapshot.CreatePublication(ctx, src, j.names.Publication, j.plan.Tables); err != nil {
+		return nil, nil, err
+	}
+	repl, err := snapshot.ConnectReplication(ctx, j.cfg.SourceDSN, j.cfg.SlotTimeout)
+	if err != nil {
+		return nil, nil, err
+	}
+	slot, err := snapshot.CreateSlot(ctx, repl, j.names.Slot)
+	if err == nil {
+		j.setPhase("snapshot")
+		err = j.recordPhase(ctx, state.PhaseCopy)
+	}
+	if err != nil {
+		repl.Close(context.Background())
+		return nil, nil, err
+	}
+	return repl, slot, nil
 }
 
 func (j *Job) catchup(ctx context.Context, repl *pgconn.PgConn, from promoted.LSN) error {

@@ -134,31 +134,47 @@ func (j *Job) cutover(ctx context.Context, st *stream.Stream, sink *apply.Postgr
 		return err
 	}
 	defer src.Close(context.Background())
+	reverse := j.cfg.Promote && !j.cfg.Demote && !j.cfg.NoRollback
+	cat, err := j.catalog(ctx)
+	if err != nil {
+		return err
+	}
+	defer cat.Conn.Close(context.Background())
+	// fail records a cutover that stopped before the flip: tracking never
+	// outlives a failed attempt, and neither does a rollback slot (the
+	// cutover disarmed its fence, or kept it armed on purpose).
+	fail := func(err error) error {
+		if derr := state.StopTracking(context.Background(), src, j.ID); derr != nil {
+			j.log.Error("stop tracking the tenant's writes", "err", derr)
+		}
+		if perr := state.SetJobPhase(context.Background(), src, j.ID, state.PhaseFailed, err.Error(), nil); perr != nil {
+			j.log.Error("record the failed cutover", "err", perr)
+		}
+		if reverse {
+			j.dropReverse(cat)
+		}
+		return stop(fmt.Errorf("cutover: %w", err))
+	}
 	var check func(context.Context, *pgx.Conn, *pgx.Conn) (*verify.Result, error)
 	if !j.cfg.Cutover.SkipVerify {
 		if check, err = j.preVerify(ctx, src, sink); err != nil {
-			if derr := state.StopTracking(context.Background(), src, j.ID); derr != nil {
-				j.log.Error("stop tracking the tenant's writes", "err", derr)
-			}
-			if perr := state.SetJobPhase(context.Background(), src, j.ID, state.PhaseFailed, err.Error(), nil); perr != nil {
-				j.log.Error("record the failed verification", "err", perr)
-			}
-			return stop(fmt.Errorf("cutover: %w", err))
+			return fail(err)
 		}
 	}
 	lag, err := j.waitCaughtUp(ctx, src, st, sink)
 	if err != nil {
 		return err
 	}
+	// Made before the last re-checks, so its time does not widen what the
+	// fence must re-check.
+	if reverse {
+		if err := j.createReverse(ctx); err != nil {
+			return fail(err)
+		}
+	}
 	if check != nil {
 		if err := j.converge(ctx, src, sink); err != nil {
-			if derr := state.StopTracking(context.Background(), src, j.ID); derr != nil {
-				j.log.Error("stop tracking the tenant's writes", "err", derr)
-			}
-			if perr := state.SetJobPhase(context.Background(), src, j.ID, state.PhaseFailed, err.Error(), nil); perr != nil {
-				j.log.Error("record the failed re-check", "err", perr)
-			}
-			return stop(fmt.Errorf("cutover: %w", err))
+			return fail(err)
 		}
 		if lag, err = j.waitCaughtUp(ctx, src, st, sink); err != nil {
 			return err
@@ -169,11 +185,6 @@ func (j *Job) cutover(ctx context.Context, st *stream.Stream, sink *apply.Postgr
 		return err
 	}
 	defer dst.Close(context.Background())
-	cat, err := j.catalog(ctx)
-	if err != nil {
-		return err
-	}
-	defer cat.Conn.Close(context.Background())
 	if err := state.SetJobPhase(ctx, src, j.ID, state.PhaseArmed, "", nil); err != nil {
 		return err
 	}
@@ -185,25 +196,13 @@ func (j *Job) cutover(ctx context.Context, st *stream.Stream, sink *apply.Postgr
 	}
 	c.Hooks = j.Hooks.Cutover
 	c.Check = check
-	reverse := j.cfg.Promote && !j.cfg.Demote && !j.cfg.NoRollback
 	if reverse {
-		c.BeforeFlip = j.prepareReverse
+		c.BeforeFlip = func(ctx context.Context, src *pgx.Conn) error { return j.markReverse(ctx, src, dst) }
 	}
 	sum, err := c.Run(ctx, cutover.Move{JobID: j.ID, Tenant: j.plan.Tenant(), Schema: j.cfg.Schema,
 		TargetSchema: j.cfg.TargetSchema, Tables: j.plan.Tables, Sequences: j.plan.Sequences, Pooled: j.cfg.Demote, Entry: j.entry}, sink, lag)
 	if err != nil {
-		// The cutover disarmed its fence, or kept it armed on purpose;
-		// tracking alone never outlives a failed attempt.
-		if derr := state.StopTracking(context.Background(), src, j.ID); derr != nil {
-			j.log.Error("stop tracking the tenant's writes", "err", derr)
-		}
-		if perr := state.SetJobPhase(context.Background(), src, j.ID, state.PhaseFailed, err.Error(), nil); perr != nil {
-			j.log.Error("record failed cutover", "err", perr)
-		}
-		if reverse {
-			j.dropReverse(cat)
-		}
-		return stop(fmt.Errorf("cutover: %w", err))
+		return fail(err)
 	}
 	if err := state.ClearChanged(ctx, src, j.ID); err != nil {
 		j.log.Warn("forget the rows written since the verification (the flip is done)", "err", err)
@@ -236,8 +235,10 @@ func (j *Job) cutover(ctx context.Context, st *stream.Stream, sink *apply.Postgr
 // the fence only those rows are re-compared: the fence then lasts as long
 // as the changes since the verification, not the tenant's size, and a
 // change the stream lost is still caught, because the source recorded its
-// key itself. With --fence-check full, or auto when the whole comparison is
-// quick, everything is compared again under the fence instead.
+// key itself. With --fence-check full, or auto when the whole comparison
+// is tiny (under 1% of --cutover-timeout: a small tenant's full comparison
+// still costs a hundred milliseconds under the fence, a keyed re-check a
+// few), everything is compared again under the fence instead.
 func (j *Job) preVerify(ctx context.Context, src *pgx.Conn, sink *apply.Postgres) (func(context.Context, *pgx.Conn, *pgx.Conn) (*verify.Result, error), error) {
 	fence := state.Fence{Schema: j.cfg.Schema, Tenant: j.plan.Tenant(), JobID: j.ID, Tables: j.plan.TableNames()}
 	tracking := j.cfg.Cutover.FenceCheck != cutover.CheckFull
@@ -274,7 +275,7 @@ func (j *Job) preVerify(ctx context.Context, src *pgx.Conn, sink *apply.Postgres
 	if !pre.Equal() {
 		return nil, fmt.Errorf("the target differs from the source before the fence, so no cutover was tried: %s", strings.ReplaceAll(pre.Summary(), "\n", "; "))
 	}
-	if !tracking || (j.cfg.Cutover.FenceCheck == cutover.CheckAuto && pre.Duration < j.cfg.Cutover.Timeout/20) {
+	if !tracking || (j.cfg.Cutover.FenceCheck == cutover.CheckAuto && pre.Duration < j.cfg.Cutover.Timeout/100) {
 		return nil, nil // compare everything under the fence: it is cheap
 	}
 	j.rounds, j.epoch = nil, 0
@@ -298,22 +299,11 @@ func (j *Job) preVerify(ctx context.Context, src *pgx.Conn, sink *apply.Postgres
 // compareKeys compares the rows the sink touched and the source recorded
 // as written, and only those.
 func (j *Job) compareKeys(ctx context.Context, src, dst verify.Querier, touched apply.Touched, written map[string][][]string) (*verify.Result, error) {
-	res := &verify.Result{}
+	keys := map[*promoted.Table][][]string{}
 	for _, t := range j.plan.Tables {
-		keys := unionKeys(touched.Keys[t], written[t.Name])
-		tr, err := verify.CompareKeys(ctx, src, dst, t, keys, verify.Options{NoCounts: true})
-		if err != nil {
-			return nil, err
-		}
-		res.Tables = append(res.Tables, tr)
-		res.Rows += int64(len(keys))
+		keys[t] = append(append([][]string(nil), touched.Keys[t]...), written[t.Name]...)
 	}
-	return res, nil
-}
-
-// unionKeys merges two key lists without repeats.
-func unionKeys(a, b [][]string) [][]string {
-	return verify.DistinctKeys(append(append([][]string(nil), a...), b...))
+	return verify.CompareKeySets(ctx, src, dst, j.plan.Tables, keys, verify.Options{NoCounts: true})
 }
 
 // waitCaughtUp returns once the target is close enough behind the source

@@ -40,13 +40,12 @@ func reversed(tables []*promoted.Table) []*promoted.Table {
 	return out
 }
 
-// prepareReverse runs under the fence, just before the flip: it creates
-// the rollback publication and slot on the target and records where the
-// slot starts in the promotion's record. Nothing of the tenant has been
-// written on the target since the drain (its writes are fenced on the
-// source, and the flip has not sent them there yet), so the slot sees
-// every write the tenant will make at its new place.
-func (j *Job) prepareReverse(ctx context.Context, src *pgx.Conn) error {
+// createReverse runs just before the fence: it creates the rollback
+// publication and slot on the target. Creating a slot waits for the
+// target's running transactions and takes tens of milliseconds, so it is
+// kept out of the fence; the slot then also sees the apply's last
+// writes, which markReverse skips.
+func (j *Job) createReverse(ctx context.Context) error {
 	start := time.Now()
 	dst, err := db.Open(ctx, db.Target, j.cfg.TargetDSN, "promoted-reverse")
 	if err != nil {
@@ -73,12 +72,24 @@ func (j *Job) prepareReverse(ctx context.Context, src *pgx.Conn) error {
 	if err != nil {
 		return fmt.Errorf("rollback slot on the target (--no-rollback skips it): %w", err)
 	}
-	if err := state.SetReverse(ctx, src, j.ID, slot.ConsistentPoint.String()); err != nil {
-		return err
-	}
-	j.log.Info("rollback slot created on the target", "stage", "cutover", "slot", names.Slot, "from", slot.ConsistentPoint.String(),
+	j.log.Info("rollback slot created on the target", "stage", "cutover", "slot", names.Slot, "consistent_point", slot.ConsistentPoint.String(),
 		"ms", time.Since(start).Milliseconds())
 	return nil
+}
+
+// markReverse runs under the fence, after the drain and every check, just
+// before the flip: it records the target's current WAL position in the
+// promotion's record as where the rollback stream starts. Every write of
+// the apply has committed before it, and nothing of the tenant is written
+// on the target after it but by the tenant itself at its new place (its
+// writes are fenced on the source, and the flip has not sent them there
+// yet), so a rollback streams exactly the tenant's writes since the flip.
+func (j *Job) markReverse(ctx context.Context, src, dst *pgx.Conn) error {
+	var at string
+	if err := dst.QueryRow(ctx, "SELECT pg_current_wal_lsn()::text").Scan(&at); err != nil {
+		return fmt.Errorf("read the target's WAL position for the rollback slot: %w", err)
+	}
+	return state.SetReverse(ctx, src, j.ID, at)
 }
 
 // dropReverse removes the rollback slot after a cutover that did not

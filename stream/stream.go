@@ -447,6 +447,7 @@ func (s *Stream) receive(ctx context.Context, start promoted.LSN, sink promoted.
 				if c == nil {
 					continue
 				}
+				c.LSN = xld.WALStart
 				txn.Changes = append(txn.Changes, *c)
 				if len(txn.Changes) >= s.cfg.MaxTxnChanges {
 					part := *txn

@@ -28,12 +28,17 @@ func demo(ctx context.Context, args []string) error {
 		c     common
 		scale int
 		live  time.Duration
+		sink  string
 	)
 	fs.IntVar(&scale, "scale", 2000, "customers per small tenant (the big tenant has 10x)")
 	fs.DurationVar(&live, "live", 5*time.Second, "how long to replicate live under load before the cutover")
+	fs.StringVar(&sink, "sink", "", "kafka: the analytics story instead (tenant 1 replicated into an in-process Kafka broker as Debezium records)")
 	c.bind(fs)
 	if err := parse(fs, args); err != nil {
 		return err
+	}
+	if sink != "" && sink != "kafka" {
+		return fmt.Errorf("%w: --sink %q: the demo knows only --sink kafka", errUsage, sink)
 	}
 	if c.logLevel == "info" {
 		c.logLevel = "warn" // the demo narrates; logs only for trouble
@@ -84,6 +89,9 @@ func demo(ctx context.Context, args []string) error {
 	}
 	if err := printCounts(ctx, srcDSN, "public", "pooled database, rows per table (all tenants)", ""); err != nil {
 		return err
+	}
+	if sink == "kafka" {
+		return demoKafka(ctx, log, say, pooledDB, live)
 	}
 
 	say("starting writers on every tenant; they find each tenant's location in the catalog, as an application would")

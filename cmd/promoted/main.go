@@ -91,12 +91,20 @@ func run(args []string) int {
 		return 0
 	case errors.Is(err, errUsage) || isUsage(err):
 		err = usageOf(err)
-		fmt.Fprintln(os.Stderr, "promoted:", strings.TrimPrefix(err.Error(), errUsage.Error()+": "))
+		fmt.Fprintln(os.Stderr, "promoted:", oneLine(strings.TrimPrefix(err.Error(), errUsage.Error()+": ")))
 		return 2
 	default:
-		fmt.Fprintln(os.Stderr, "promoted:", err)
+		fmt.Fprintln(os.Stderr, "promoted:", oneLine(err.Error()))
 		return 1
 	}
+}
+
+// oneLine keeps an error on the one line the contract promises: the
+// driver's connection errors list each address tried on a line of its own.
+func oneLine(s string) string {
+	s = strings.TrimSpace(s)
+	s = strings.ReplaceAll(s, "\n\t", "; ")
+	return strings.ReplaceAll(s, "\n", " ")
 }
 
 func isUsage(err error) bool {

@@ -86,7 +86,9 @@ func TestUsageErrors(t *testing.T) {
 	}{
 		{"no_source", "--source is required", []string{"replicate", "--tenant", "1", "--sink", "postgres://127.0.0.1:1/x"}},
 		{"no_tenant", "--tenant is required", []string{"replicate", "--source", "postgres://127.0.0.1:1/x", "--sink", "postgres://127.0.0.1:1/y"}},
-		{"kafka_sink", "only postgres://", []string{"replicate", "--source", "postgres://127.0.0.1:1/x", "--tenant", "1", "--sink", "kafka://127.0.0.1:1/p"}},
+		{"unknown_sink", "kafka://host:port/PREFIX", []string{"replicate", "--source", "postgres://127.0.0.1:1/x", "--tenant", "1", "--sink", "mysql://127.0.0.1:1/p"}},
+		{"kafka_sink_without_prefix", "PREFIX", []string{"replicate", "--source", "postgres://127.0.0.1:1/x", "--tenant", "1", "--sink", "kafka://127.0.0.1:1"}},
+		{"kafka_sink_for_promote", "kafka:// sink is for `promoted replicate`", []string{"promote", "--source", "postgres://127.0.0.1:1/x", "--tenant", "1", "--target", "kafka://127.0.0.1:1/p"}},
 		{"unknown_flag", "--bogus", []string{"replicate", "--bogus"}},
 		{"cancel_no_source", "--source is required", []string{"cancel", "--tenant", "1"}},
 		// Bad values are usage errors (2), never refusals (1), and a zero
@@ -123,6 +125,19 @@ func TestUsageErrors(t *testing.T) {
 				t.Errorf("stderr repeats the connection string: %q", stderr)
 			}
 		})
+	}
+}
+
+// TestUnreachableSourceIsOneLine: a source that refuses the connection is
+// a refusal (1) in one line, although the driver's error spans several
+// (one per address tried).
+func TestUnreachableSourceIsOneLine(t *testing.T) {
+	code, _, stderr := runCLI(t, "replicate", "--source", "postgres://127.0.0.1:1/x", "--sink", "kafka://127.0.0.1:1/p", "--tenant", "1")
+	if code != 1 {
+		t.Errorf("exit status %d, want 1; stderr: %s", code, stderr)
+	}
+	if strings.Count(stderr, "\n") != 1 || !strings.HasPrefix(stderr, "promoted: ") || !strings.Contains(stderr, "connect to the source") {
+		t.Errorf("stderr %q: want one line starting %q and naming the source", stderr, "promoted: ")
 	}
 }
 

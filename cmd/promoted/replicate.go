@@ -16,14 +16,14 @@ import (
 // replicate keeps a PostgreSQL schema or database equal to one tenant's
 // rows until it is stopped (SIGINT/SIGTERM), then stops cleanly.
 func replicate(ctx context.Context, args []string) error {
-	m, err := parseMove("replicate", args, "sink", "where the tenant's rows go: postgres://... (a database; the schema is --target-schema)",
-		func(fs *pflag.FlagSet, cfg *job.Config) { cfg.BindCopy(fs) }, true)
+	m, err := parseMove("replicate", args, "sink", "where the tenant's rows go: postgres://... (a database; the schema is --target-schema), or kafka://host:port[,host:port]/PREFIX (topics PREFIX.schema.table, Debezium's record format)",
+		func(fs *pflag.FlagSet, cfg *job.Config) { cfg.BindCopy(fs); cfg.Kafka.Bind(fs) }, true)
 	if err != nil {
 		return err
 	}
 	cfg, c, log := m.cfg, m.common, m.log
-	if sink := cfg.TargetDSN; !strings.HasPrefix(sink, "postgres://") && !strings.HasPrefix(sink, "postgresql://") {
-		return fmt.Errorf("%w: --sink %q: only postgres://... sinks are supported so far", errUsage, sink)
+	if sink := cfg.TargetDSN; !strings.HasPrefix(sink, "postgres://") && !strings.HasPrefix(sink, "postgresql://") && !cfg.IsKafka() {
+		return fmt.Errorf("%w: --sink %q: pass postgres://... (a database) or kafka://host:port/PREFIX", errUsage, sink)
 	}
 	j, err := job.New(cfg, log)
 	if err != nil {

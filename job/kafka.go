@@ -1,0 +1,395 @@
+package job
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+	"golang.org/x/sync/errgroup"
+
+	"github.com/promoted/promoted"
+	"github.com/promoted/promoted/apply/kafka"
+	"github.com/promoted/promoted/db"
+	"github.com/promoted/promoted/schema"
+	"github.com/promoted/promoted/snapshot"
+	"github.com/promoted/promoted/state"
+	"github.com/promoted/promoted/stream"
+)
+
+// KafkaScheme starts a --sink that names Kafka brokers instead of a
+// PostgreSQL database.
+const KafkaScheme = "kafka://"
+
+// IsKafka reports whether the move's sink is Kafka.
+func (c *Config) IsKafka() bool { return strings.HasPrefix(c.TargetDSN, KafkaScheme) }
+
+// KafkaID names a replica of one tenant into Kafka. It differs from the
+// tenant's promotion (JobID), so a tenant can be replicated to analytics
+// while it is promoted, each with its own slot and lease.
+func KafkaID(database, schema, tenant string) string {
+	return JobID(database, schema+"\x00kafka", tenant)
+}
+
+// runKafka is Run for a replica into Kafka. The topics themselves are the
+// progress record: on every start the sink reads the last record of each
+// partition, skips what was delivered, and the stream resumes from the
+// slot's confirmed position (which never passes what the broker
+// acknowledged). A snapshot that was interrupted is taken again from the
+// start, with a new slot: an exported snapshot does not survive its
+// session.
+func (j *Job) runKafka(ctx context.Context) error {
+	src, err := db.Open(ctx, db.Source, j.cfg.SourceDSN, "promoted")
+	if err != nil {
+		return err
+	}
+	j.src = src
+	defer func() { j.src.Close(context.Background()) }()
+	if err := preflight(ctx, src); err != nil {
+		return err
+	}
+	var dbName string
+	if err := src.QueryRow(ctx, "SELECT current_database()").Scan(&dbName); err != nil {
+		return fmt.Errorf("identify source database: %w", err)
+	}
+	plan, err := schema.Load(ctx, src, schema.Config{Schema: j.cfg.Schema, TargetSchema: j.cfg.Schema,
+		TenantColumn: j.cfg.TenantColumn, Tables: j.cfg.Tables, Tenant: promoted.Tenant(j.cfg.Tenant)})
+	if err != nil {
+		return err
+	}
+	j.plan = plan
+	j.ID = KafkaID(dbName, j.cfg.Schema, plan.Tenant())
+	j.names = snapshot.NamesFor(j.ID)
+	j.log = j.log.With("job", j.ID)
+	if j.lease, err = acquireLease(ctx, j.cfg.SourceDSN, j.ID, plan.Tenant()); err != nil {
+		return err
+	}
+	defer func() { j.lease.release() }()
+	if err := checkSlots(ctx, src, j.names.Slot); err != nil {
+		return err
+	}
+	if err := checkOwnership(ctx, src, plan.Tables); err != nil {
+		return err
+	}
+	if err := checkStateRights(ctx, src, "source"); err != nil {
+		return err
+	}
+	rec, err := state.ReadJob(ctx, src, j.ID)
+	if err != nil {
+		return err
+	}
+	if rec != nil && rec.Active() {
+		if err := j.sameMove(rec, &state.Progress{}); err != nil {
+			return err
+		}
+	}
+	types, err := kafka.LoadTypes(ctx, src, plan.Tables)
+	if err != nil {
+		return err
+	}
+	for _, t := range plan.Tables {
+		mode := "server row filter"
+		if !t.ServerFilter {
+			mode = "filtered by promoted (replica identity lacks " + j.cfg.TenantColumn + ")"
+		}
+		j.log.Info("table", "stage", "plan", "table", t.String(), "estimated_rows", t.EstimatedRows, "filter", mode)
+	}
+	// The record's phase is read before it is rewritten: "snapshot" says
+	// the topics do not hold the whole snapshot yet.
+	record := &state.Job{ID: j.ID, Tenant: plan.Tenant(), Schema: j.cfg.Schema, Kind: state.KindReplicate,
+		Target: j.cfg.TargetDSN, TargetSchema: j.cfg.Schema, TenantColumn: j.cfg.TenantColumn,
+		TenantType: plan.TenantType(), Tables: plan.TableNames(), Phase: state.PhasePrepare, Definitions: plan.Definitions}
+	if rec != nil && rec.Active() {
+		record.Phase = rec.Phase
+	}
+	if err := state.RecordJob(ctx, src, record); err != nil {
+		return err
+	}
+	newSink := func() (*kafka.Sink, error) {
+		return kafka.New(j.cfg.Kafka, plan.Tables, types, j.log.With("stage", "kafka"))
+	}
+	sink, err := newSink()
+	if err != nil {
+		return err
+	}
+	defer sink.Close()
+	res, err := sink.Resume(ctx)
+	if err != nil {
+		return err
+	}
+	var slotThere bool
+	if err := src.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM pg_replication_slots WHERE slot_name = $1)`, j.names.Slot).Scan(&slotThere); err != nil {
+		return fmt.Errorf("look for the replica's slot: %w", err)
+	}
+	switch {
+	case !slotThere || rec == nil || !rec.Active():
+		if res.Streamed || anySnapshot(res) {
+			j.log.Warn("the topics hold records of an earlier replica whose slot is gone: the new snapshot rewrites every row, but rows deleted since that replica stopped stay in the topics; delete the topics first for an exact copy", "stage", "prepare")
+		}
+		if slotThere {
+			if err := snapshot.Drop(ctx, src, j.names); err != nil {
+				return err
+			}
+		}
+		if err := j.kafkaSnapshot(ctx, src, sink); err != nil {
+			return err
+		}
+	case rec.Phase == state.PhasePrepare || rec.Phase == state.PhaseCopy:
+		j.log.Warn("an earlier run stopped before the snapshot was written whole: streaming the changes since its start, then taking it again (its rows are written again; consumers upsert op r by key)", "stage", "prepare")
+		if err := j.kafkaResnapshot(ctx, src, newSink); err != nil {
+			return err
+		}
+	}
+	return j.followKafka(ctx, newSink)
+}
+
+// kafkaSnapshot creates the publication and the slot, and writes every
+// row of the tenant as a snapshot record (op r) read under the slot's
+// exported snapshot. Once a row may have reached the topics the slot is
+// kept whatever happens: a rerun needs it to take the snapshot again
+// without leaving rows in the topics that were deleted since.
+func (j *Job) kafkaSnapshot(ctx context.Context, src *pgx.Conn, sink *kafka.Sink) error {
+	j.setPhase("prepare")
+	repl, slot, err := j.createSlot(ctx, src)
+	if err != nil {
+		cctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		if derr := snapshot.Drop(cctx, src, j.names); derr != nil {
+			j.log.Error("drop slot and publication after failure", "err", derr)
+		}
+		return err
+	}
+	defer repl.Close(context.Background())
+	return j.writeSnapshot(ctx, sink, slot.SnapshotName, slot.ConsistentPoint)
+}
+
+// anySnapshot reports whether the topics hold snapshot records.
+func anySnapshot(res *kafka.Resumed) bool {
+	for _, p := range res.Snapshot {
+		if p.Complete || p.After != nil {
+			return true
+		}
+	}
+	return false
+}
+
+// writeSnapshot writes every row of the tenant as a snapshot record
+// (op r), read under the exported snapshot name taken at lsn, and records
+// that the topics hold the whole snapshot.
+func (j *Job) writeSnapshot(ctx context.Context, sink *kafka.Sink, name string, lsn promoted.LSN) error {
+	conn, err := db.Open(ctx, db.Source, j.cfg.SourceDSN, "promoted-snapshot")
+	if err != nil {
+		return err
+	}
+	defer conn.Close(context.Background())
+	tx, err := conn.BeginTx(ctx, pgx.TxOptions{IsoLevel: pgx.RepeatableRead, AccessMode: pgx.ReadOnly})
+	if err != nil {
+		return fmt.Errorf("snapshot: %w", err)
+	}
+	defer tx.Rollback(context.Background())
+	if _, err := tx.Exec(ctx, "SET TRANSACTION SNAPSHOT "+promoted.QuoteLiteral(name)); err != nil {
+		return fmt.Errorf("snapshot: import: %w", err)
+	}
+	start := time.Now()
+	// A read-only snapshot transaction has no xid of its own: txId stays
+	// empty, as Debezium's would for a snapshot on a standby.
+	sink.StartSnapshot(kafka.SnapshotInfo{LSN: lsn})
+	for _, t := range j.plan.Tables {
+		if err := sink.SnapshotTable(ctx, conn, t, nil, 0); err != nil {
+			return err
+		}
+		if j.Hooks.AfterChunk != nil {
+			j.Hooks.AfterChunk(t.String())
+		}
+	}
+	if err := sink.FinishSnapshot(ctx); err != nil {
+		return err
+	}
+	j.copySeconds = time.Since(start).Seconds()
+	j.log.Info("snapshot written", "stage", "snapshot", "seconds", fmt.Sprintf("%.2f", j.copySeconds), "lsn", lsn.String())
+	return j.recordPhase(ctx, state.PhaseCatchup)
+}
+
+// kafkaResnapshot takes the snapshot again after a run stopped while
+// writing it. The exported snapshot died with that run, and some of its
+// rows are in the topics, others not; rows it wrote may have changed or
+// gone since. So: a new exported snapshot is taken (a temporary slot, at
+// lsn), the changes from the old slot's start up to lsn are streamed first
+// (so a row deleted meanwhile is deleted in the topics too), and then every
+// row is written again as of lsn; the stream goes on from there. Each key
+// ends as the source has it, in order; only snapshot rows repeat.
+func (j *Job) kafkaResnapshot(ctx context.Context, src *pgx.Conn, newSink func() (*kafka.Sink, error)) error {
+	j.setPhase("snapshot")
+	repl, err := snapshot.ConnectReplication(ctx, j.cfg.SourceDSN, j.cfg.SlotTimeout)
+	if err != nil {
+		return err
+	}
+	defer repl.Close(context.Background())
+	tmp, err := snapshot.CreateTemporarySlot(ctx, repl, fmt.Sprintf("promoted_s_%s", j.ID))
+	if err != nil {
+		return err
+	}
+	// A transaction past the new snapshot, so the stream passes it even
+	// while the tenant is quiet.
+	if _, err := src.Exec(ctx, "SELECT pg_logical_emit_message(true, 'promoted-verify', '')"); err != nil {
+		return fmt.Errorf("snapshot: %w", err)
+	}
+	if err := j.streamKafka(ctx, newSink, tmp.ConsistentPoint); !errors.Is(err, errReached) {
+		if err == nil {
+			err = ctx.Err()
+		}
+		return err
+	}
+	// The snapshot's records will be the partitions' last ones, which say
+	// nothing about the changes delivered before them: the slot itself
+	// must be past those changes before any of it is written.
+	if err := j.advanceSlot(ctx, src, j.Applied()); err != nil {
+		return err
+	}
+	sink, err := newSink()
+	if err != nil {
+		return err
+	}
+	defer sink.Close()
+	if _, err := sink.Resume(ctx); err != nil {
+		return err
+	}
+	return j.writeSnapshot(ctx, sink, tmp.SnapshotName, tmp.ConsistentPoint)
+}
+
+// advanceSlot moves the replica's slot to lsn (what the broker has
+// acknowledged), waiting for the walsender of the stream just stopped to
+// let go of it.
+func (j *Job) advanceSlot(ctx context.Context, src *pgx.Conn, lsn promoted.LSN) error {
+	var err error
+	for i := 0; i < 100; i++ {
+		if _, err = src.Exec(ctx, "SELECT pg_replication_slot_advance($1, $2::pg_lsn)", j.names.Slot, lsn.String()); err == nil {
+			return nil
+		}
+		var pgErr *pgconn.PgError
+		if !errors.As(err, &pgErr) || pgErr.Code != "55006" { // object_in_use: still active
+			break
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+	return fmt.Errorf("advance the replica's slot to %s: %w", lsn, err)
+}
+
+// errReached stops a stream that was asked to stop at a position.
+var errReached = errors.New("the stream reached its stop position")
+
+// untilSink passes transactions committed before until to its sink, and
+// stops the stream at the first one at or past it (not passed on), once
+// everything before it is durable.
+type untilSink struct {
+	*kafka.Sink
+	until promoted.LSN
+}
+
+func (u untilSink) Apply(ctx context.Context, txn *promoted.Txn) error {
+	past := txn.FinalLSN >= u.until
+	if txn.Heartbeat() {
+		past = txn.EndLSN >= u.until
+	}
+	if !past {
+		return u.Sink.Apply(ctx, txn)
+	}
+	if err := u.Sink.Flush(ctx); err != nil {
+		return err
+	}
+	return errReached
+}
+
+// followKafka streams the tenant's changes into Kafka until ctx ends,
+// starting again (a new sink that reads what the topics hold, the stream
+// from the slot's confirmed position) after a transient failure.
+func (j *Job) followKafka(ctx context.Context, newSink func() (*kafka.Sink, error)) error {
+	backoff := retryMin
+	var failingSince time.Time
+	for attempt := 1; ; attempt++ {
+		started := time.Now()
+		err := j.streamKafka(ctx, newSink, 0)
+		if err == nil || ctx.Err() != nil || !db.Transient(err) {
+			return j.budgetErr(err)
+		}
+		if time.Since(started) > retryReset {
+			backoff, failingSince = retryMin, time.Time{}
+		}
+		if failingSince.IsZero() {
+			failingSince = started
+		}
+		if time.Since(failingSince) > j.cfg.RetryFor {
+			return fmt.Errorf("the source or the brokers stayed unreachable for %s (--retry-for): rerun the same command once they answer, it resumes where the topics stand: %w", j.cfg.RetryFor, err)
+		}
+		j.m.retries.Inc()
+		j.log.Warn("lost a connection: resuming from what the topics hold", "stage", "catchup", "retry", attempt, "in", backoff, "err", err)
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-time.After(backoff):
+		}
+		backoff = min(2*backoff, retryMax)
+	}
+}
+
+// streamKafka is one run of the stream into a new sink; with until, it
+// stops with errReached at the first transaction committed at or past it.
+func (j *Job) streamKafka(ctx context.Context, newSink func() (*kafka.Sink, error), until promoted.LSN) error {
+	sink, err := newSink()
+	if err != nil {
+		return err
+	}
+	defer sink.Close()
+	if _, err := sink.Resume(ctx); err != nil {
+		return err
+	}
+	slot, err := snapshot.ReadSlot(ctx, j.src, j.names.Slot)
+	if err != nil {
+		return err
+	}
+	from := slot.ConfirmedFlush
+	sink.SetDurable(from)
+	repl, err := snapshot.ConnectReplication(ctx, j.cfg.SourceDSN, j.cfg.SlotTimeout)
+	if err != nil {
+		return err
+	}
+	defer repl.Close(context.Background())
+	scfg := j.cfg.Stream
+	scfg.Slot, scfg.Publication = j.names.Slot, j.names.Publication
+	st, err := stream.New(scfg, repl, j.plan.Tables, j.log.With("stage", "stream"))
+	if err != nil {
+		return err
+	}
+	j.mu.Lock()
+	j.durable, j.stream = sink.Durable, st
+	j.mu.Unlock()
+	var to promoted.Sink = sink
+	if until != 0 {
+		to = untilSink{Sink: sink, until: until}
+	} else {
+		j.setPhase("catchup")
+		if err := j.recordPhase(ctx, state.PhaseCatchup); err != nil {
+			return err
+		}
+		if j.Hooks.Streaming != nil {
+			j.Hooks.Streaming()
+		}
+	}
+	g, gctx := errgroup.WithContext(ctx)
+	stop := j.reportProgress(gctx)
+	defer stop()
+	g.Go(func() error { return st.Run(gctx, from, to) })
+	g.Go(func() error { return j.watchSlot(gctx, j.watchInterval()) })
+	err = g.Wait()
+	if err != nil && errors.Is(err, context.Canceled) && ctx.Err() != nil {
+		return nil
+	}
+	return err
+}
