@@ -198,7 +198,7 @@ func (j *Job) writeSnapshot(ctx context.Context, sink *kafka.Sink, name string, 
 	// empty, as Debezium's would for a snapshot on a standby.
 	sink.StartSnapshot(kafka.SnapshotInfo{LSN: lsn})
 	for _, t := range j.plan.Tables {
-		if err := sink.SnapshotTable(ctx, conn, t, nil, 0); err != nil {
+		if err := sink.SnapshotTable(ctx, conn, t, nil, snapshotBatch); err != nil {
 			return err
 		}
 		if j.Hooks.AfterChunk != nil {
@@ -393,3 +393,8 @@ func (j *Job) streamKafka(ctx context.Context, newSink func() (*kafka.Sink, erro
 	}
 	return err
 }
+
+// snapshotBatch is how many snapshot rows are written between waits for
+// the broker's acknowledgements: large enough that the wait is a small
+// part of the time, small enough to bound the memory held.
+const snapshotBatch = 4000
