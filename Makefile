@@ -16,6 +16,7 @@ RACE_PKGS := . ./apply ./apply/kafka ./stream ./snapshot ./testenv ./schema
 MODULE := $(shell $(GO) list -m)
 test:
 	$(GO) vet ./...
+	$(GO) vet -tags promotedtest ./cmd/promoted
 	$(GO) test -race -p 1 -count=1 $(RACE_PKGS)
 	$(GO) test -p 1 -count=1 -timeout 40m $(filter-out $(MODULE) $(addprefix $(MODULE)/,$(patsubst ./%,%,$(RACE_PKGS))),$(shell $(GO) list ./...))
 

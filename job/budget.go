@@ -44,6 +44,10 @@ func (b *ByteSize) Set(s string) error {
 // Type names the flag's value in help.
 func (b *ByteSize) Type() string { return "size" }
 
+// FormatBytes prints a byte count the way --max-retained-wal reads one
+// (8GB, 1.5MB), for messages and `promoted status`.
+func FormatBytes(n int64) string { return formatBytes(n) }
+
 func formatBytes(n int64) string {
 	for _, u := range []struct {
 		suffix string

@@ -2,7 +2,10 @@ package job
 
 import (
 	"context"
+	"log/slog"
+	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/promoted/promoted/cutover"
 )
@@ -61,4 +64,45 @@ func TestLostUpdateBeforeTheRecheck(t *testing.T) {
 	if armed {
 		t.Error("the fence was armed although the re-check before it had found a difference")
 	}
+}
+
+// countingHandler counts the log records with one message.
+type countingHandler struct {
+	msg string
+	n   *atomic.Int64
+}
+
+func (h countingHandler) Enabled(context.Context, slog.Level) bool { return true }
+func (h countingHandler) Handle(_ context.Context, r slog.Record) error {
+	if r.Message == h.msg {
+		h.n.Add(1)
+	}
+	return nil
+}
+func (h countingHandler) WithAttrs([]slog.Attr) slog.Handler { return h }
+func (h countingHandler) WithGroup(string) slog.Handler      { return h }
+
+// TestWaitingForTheLagDoesNotSpin holds a promotion before its cutover
+// with a --max-lag no stream can meet while the tenant writes: the wait
+// must look again at a pace, and say so about once a second, not spin on
+// the source and the log.
+func TestWaitingForTheLagDoesNotSpin(t *testing.T) {
+	ctx := context.Background()
+	p := newPromotion(t, true)
+	p.job.cfg.Cutover.MaxLag = 1
+	var n atomic.Int64
+	p.job.log = slog.New(countingHandler{msg: "waiting for the lag to allow the cutover", n: &n})
+	stop := load(t, ctx, p.src.App, []int{1}, 2)
+	defer stop()
+	rctx, cancel := context.WithCancel(ctx)
+	done := make(chan error, 1)
+	go func() { done <- p.job.Run(rctx) }()
+	waitCatchup(t, p.job, done)
+	time.Sleep(3 * time.Second)
+	cancel()
+	<-done
+	if got := n.Load(); got > 10 {
+		t.Errorf("%d waiting lines in about 3 s: the wait spins", got)
+	}
+	t.Logf("%d waiting lines", n.Load())
 }

@@ -8,7 +8,6 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
-	"github.com/jackc/pgx/v5/pgconn"
 	"golang.org/x/sync/errgroup"
 
 	"github.com/promoted/promoted"
@@ -213,100 +212,6 @@ func (j *Job) writeSnapshot(ctx context.Context, sink *kafka.Sink, name string, 
 	return j.recordPhase(ctx, state.PhaseCatchup)
 }
 
-// kafkaResnapshot takes the snapshot again after a run stopped while
-// writing it. The exported snapshot died with that run, and some of its
-// rows are in the topics, others not; rows it wrote may have changed or
-// gone since. So: a new exported snapshot is taken (a temporary slot, at
-// lsn), the changes from the old slot's start up to lsn are streamed first
-// (so a row deleted meanwhile is deleted in the topics too), and then every
-// row is written again as of lsn; the stream goes on from there. Each key
-// ends as the source has it, in order; only snapshot rows repeat.
-func (j *Job) kafkaResnapshot(ctx context.Context, src *pgx.Conn, newSink func() (*kafka.Sink, error)) error {
-	j.setPhase("snapshot")
-	repl, err := snapshot.ConnectReplication(ctx, j.cfg.SourceDSN, j.cfg.SlotTimeout)
-	if err != nil {
-		return err
-	}
-	defer repl.Close(context.Background())
-	tmp, err := snapshot.CreateTemporarySlot(ctx, repl, fmt.Sprintf("promoted_s_%s", j.ID))
-	if err != nil {
-		return err
-	}
-	// A transaction past the new snapshot, so the stream passes it even
-	// while the tenant is quiet.
-	if _, err := src.Exec(ctx, "SELECT pg_logical_emit_message(true, 'promoted-verify', '')"); err != nil {
-		return fmt.Errorf("snapshot: %w", err)
-	}
-	if err := j.streamKafka(ctx, newSink, tmp.ConsistentPoint); !errors.Is(err, errReached) {
-		if err == nil {
-			err = ctx.Err()
-		}
-		return err
-	}
-	// The snapshot's records will be the partitions' last ones, which say
-	// nothing about the changes delivered before them: the slot itself
-	// must be past those changes before any of it is written.
-	if err := j.advanceSlot(ctx, src, j.Applied()); err != nil {
-		return err
-	}
-	sink, err := newSink()
-	if err != nil {
-		return err
-	}
-	defer sink.Close()
-	if _, err := sink.Resume(ctx); err != nil {
-		return err
-	}
-	return j.writeSnapshot(ctx, sink, tmp.SnapshotName, tmp.ConsistentPoint)
-}
-
-// advanceSlot moves the replica's slot to lsn (what the broker has
-// acknowledged), waiting for the walsender of the stream just stopped to
-// let go of it.
-func (j *Job) advanceSlot(ctx context.Context, src *pgx.Conn, lsn promoted.LSN) error {
-	var err error
-	for i := 0; i < 100; i++ {
-		if _, err = src.Exec(ctx, "SELECT pg_replication_slot_advance($1, $2::pg_lsn)", j.names.Slot, lsn.String()); err == nil {
-			return nil
-		}
-		var pgErr *pgconn.PgError
-		if !errors.As(err, &pgErr) || pgErr.Code != "55006" { // object_in_use: still active
-			break
-		}
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-time.After(50 * time.Millisecond):
-		}
-	}
-	return fmt.Errorf("advance the replica's slot to %s: %w", lsn, err)
-}
-
-// errReached stops a stream that was asked to stop at a position.
-var errReached = errors.New("the stream reached its stop position")
-
-// untilSink passes transactions committed before until to its sink, and
-// stops the stream at the first one at or past it (not passed on), once
-// everything before it is durable.
-type untilSink struct {
-	*kafka.Sink
-	until promoted.LSN
-}
-
-func (u untilSink) Apply(ctx context.Context, txn *promoted.Txn) error {
-	past := txn.FinalLSN >= u.until
-	if txn.Heartbeat() {
-		past = txn.EndLSN >= u.until
-	}
-	if !past {
-		return u.Sink.Apply(ctx, txn)
-	}
-	if err := u.Sink.Flush(ctx); err != nil {
-		return err
-	}
-	return errReached
-}
-
 // followKafka streams the tenant's changes into Kafka until ctx ends,
 // starting again (a new sink that reads what the topics hold, the stream
 // from the slot's confirmed position) after a transient failure.
@@ -342,14 +247,11 @@ func (j *Job) followKafka(ctx context.Context, newSink func() (*kafka.Sink, erro
 // streamKafka is one run of the stream into a new sink; with until, it
 // stops with errReached at the first transaction committed at or past it.
 func (j *Job) streamKafka(ctx context.Context, newSink func() (*kafka.Sink, error), until promoted.LSN) error {
-	sink, err := newSink()
+	sink, err := resumed(ctx, newSink)
 	if err != nil {
 		return err
 	}
 	defer sink.Close()
-	if _, err := sink.Resume(ctx); err != nil {
-		return err
-	}
 	slot, err := snapshot.ReadSlot(ctx, j.src, j.names.Slot)
 	if err != nil {
 		return err

@@ -313,6 +313,7 @@ func (j *Job) compareKeys(ctx context.Context, src, dst verify.Querier, touched 
 // stream's own view of the source's end is not enough: while it decodes a
 // backlog it only knows what it has been sent.
 func (j *Job) waitCaughtUp(ctx context.Context, src *pgx.Conn, st *stream.Stream, sink *apply.Postgres) (int64, error) {
+	var said time.Time
 	for {
 		var s string
 		if err := src.QueryRow(ctx, "SELECT pg_current_wal_lsn()::text").Scan(&s); err != nil {
@@ -336,7 +337,17 @@ func (j *Job) waitCaughtUp(ctx context.Context, src *pgx.Conn, st *stream.Stream
 			j.log.Info("caught up: starting the cutover", "stage", "cutover", "lag_bytes", max(lag, 0), "decode_ms", took.Milliseconds())
 			return max(lag, 0), nil
 		}
-		j.log.Info("waiting for the lag to allow the cutover", "stage", "cutover", "lag_bytes", lag, "decode_ms", took.Milliseconds())
+		// Not close enough yet: look again shortly, and say so once a
+		// second, not once per look.
+		if time.Since(said) > time.Second {
+			j.log.Info("waiting for the lag to allow the cutover", "stage", "cutover", "lag_bytes", lag, "decode_ms", took.Milliseconds())
+			said = time.Now()
+		}
+		select {
+		case <-ctx.Done():
+			return 0, ctx.Err()
+		case <-time.After(20 * time.Millisecond):
+		}
 	}
 }
 

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"os"
 	"os/signal"
+	"runtime/debug"
 	"runtime/pprof"
 	"strings"
 	"syscall"
@@ -23,12 +24,14 @@ Usage:
   promoted promote   --source DSN --target DSN --tenant ID [flags]
   promoted demote    --source DEDICATED_DSN --target POOLED_DSN --tenant ID [flags]
   promoted rollback  --source POOLED_DSN --target DEDICATED_DSN --tenant ID   after promote, before cleanup
-  promoted replicate --source DSN --tenant ID --sink postgres://... [flags]
+  promoted replicate --source DSN --tenant ID --sink postgres://... | kafka://host:port/PREFIX [flags]
   promoted verify    --source DSN --target DSN --tenant ID   compare at a consistent point
   promoted cancel    --source DSN --tenant ID [--drop-target --target DSN]
   promoted cleanup   --source DSN --tenant ID   after a promote: delete the old rows
                      (after a demote: --target POOLED_DSN --drop-source-tables)
-  promoted demo      the whole story on throwaway local clusters
+  promoted status    --source DSN [--json]   every move recorded there, and what to run next
+  promoted demo      the whole story on throwaway local clusters (--sink kafka: the analytics replica)
+  promoted --version
 
 Run 'promoted COMMAND --help' for a command's flags. Every flag can also be
 given as an environment variable PROMOTED_<FLAG> (e.g. PROMOTED_SOURCE).
@@ -53,6 +56,10 @@ func main() {
 }
 
 func run(args []string) int {
+	if len(args) > 0 && (args[0] == "--version" || args[0] == "version") {
+		fmt.Println(version())
+		return 0
+	}
 	if len(args) == 0 || args[0] == "-h" || args[0] == "--help" || args[0] == "help" {
 		fmt.Fprint(os.Stderr, usage)
 		if len(args) == 0 {
@@ -80,6 +87,8 @@ func run(args []string) int {
 		err = cancel(ctx, args[1:])
 	case "demo":
 		err = demo(ctx, args[1:])
+	case "status":
+		err = status(ctx, args[1:])
 	default:
 		fmt.Fprintf(os.Stderr, "promoted: unknown command %q\n\n%s", args[0], usage)
 		return 2
@@ -105,6 +114,32 @@ func oneLine(s string) string {
 	s = strings.TrimSpace(s)
 	s = strings.ReplaceAll(s, "\n\t", "; ")
 	return strings.ReplaceAll(s, "\n", " ")
+}
+
+// version is the module version and the commit it was built from, as
+// the Go toolchain records them in the binary.
+func version() string {
+	info, ok := debug.ReadBuildInfo()
+	if !ok {
+		return "promoted (no build information)"
+	}
+	v, rev, dirty := info.Main.Version, "", false
+	for _, s := range info.Settings {
+		switch s.Key {
+		case "vcs.revision":
+			rev = s.Value
+		case "vcs.modified":
+			dirty = s.Value == "true"
+		}
+	}
+	out := "promoted " + v
+	if rev != "" {
+		out += " commit " + rev
+		if dirty {
+			out += " (modified)"
+		}
+	}
+	return out + " " + info.GoVersion
 }
 
 func isUsage(err error) bool {

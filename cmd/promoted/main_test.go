@@ -40,7 +40,8 @@ func TestMain(m *testing.M) {
 		os.Exit(1)
 	}
 	bin = filepath.Join(dir, "promoted")
-	build := exec.Command("go", "build", "-o", bin, ".")
+	// The fault hooks (PROMOTED_TEST_*) exist only in this build.
+	build := exec.Command("go", "build", "-tags", "promotedtest", "-o", bin, ".")
 	if other := os.Getenv("PROMOTED_TEST_BIN"); other != "" {
 		// Run the tests against another build (an older commit, to see a
 		// new test fail there).

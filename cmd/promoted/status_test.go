@@ -1,0 +1,96 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/promoted/promoted/job"
+)
+
+// TestStatusSaysWhatToRunNext follows one move through `promoted status`:
+// running (the lease's session named, the slot's lag shown, exit 0),
+// killed (stuck: exit 1 and the rerun to do), cancelled (ended, exit 0).
+func TestStatusSaysWhatToRunNext(t *testing.T) {
+	ctx := context.Background()
+	srcDSN, dstDSN, jobID, args, stopLoad := killSetup(t)
+	defer stopLoad()
+	d := startDaemon(t, nil, args...)
+	waitPhase(t, d, ctx, dstDSN, jobID, "catchup")
+	moves := statusJSON(t, srcDSN, 0)
+	if len(moves) != 1 {
+		t.Fatalf("status lists %d moves, want 1: %+v", len(moves), moves)
+	}
+	m := moves[0]
+	if m.Kind != "replicate" || m.Phase != "catchup" || m.Running == "" || m.Slot == "" || m.Stuck {
+		t.Errorf("a running replica: %+v", m)
+	}
+	code, out, _ := runCLI(t, "status", "--source", srcDSN)
+	if code != 0 || !strings.Contains(out, "replicate") || !strings.Contains(out, "running") {
+		t.Errorf("status of a running move exited %d:\n%s", code, out)
+	}
+
+	d.kill(t)
+	waitFor(t, d, 30*time.Second, "the lease to end with the killed session", func() bool {
+		return statusJSON(t, srcDSN, -1)[0].Running == ""
+	})
+	m = statusJSON(t, srcDSN, 1)[0]
+	if !m.Stuck || !strings.Contains(m.Next, "rerun the same `promoted replicate`") || m.RetainedWAL <= 0 {
+		t.Errorf("a killed replica: %+v", m)
+	}
+	cancelJob(t, ctx, srcDSN, "public", "1")
+	m = statusJSON(t, srcDSN, 0)[0]
+	if m.Phase != "cancelled" || m.Stuck || m.Slot != "" {
+		t.Errorf("a cancelled replica: %+v", m)
+	}
+}
+
+// statusJSON runs `promoted status --json` and checks its exit status
+// (-1: either).
+func statusJSON(t *testing.T, srcDSN string, want int) []job.MoveStatus {
+	t.Helper()
+	code, out, stderr := runCLI(t, "status", "--source", srcDSN, "--json")
+	if want >= 0 && code != want {
+		t.Fatalf("status exited %d, want %d: %s\n%s", code, want, stderr, out)
+	}
+	var moves []job.MoveStatus
+	if err := json.Unmarshal([]byte(out), &moves); err != nil {
+		t.Fatalf("status --json: %v\n%s", err, out)
+	}
+	return moves
+}
+
+// TestVersion: --version names the module and the toolchain.
+func TestVersion(t *testing.T) {
+	code, out, _ := runCLI(t, "--version")
+	if code != 0 || !strings.HasPrefix(out, "promoted ") || !strings.Contains(out, "go1.") {
+		t.Errorf("--version exited %d: %q", code, out)
+	}
+}
+
+// TestProductionBinaryHasNoFaultHooks builds promoted as a user does and
+// checks that none of the tests' fault hooks (PROMOTED_TEST_*) is in it.
+func TestProductionBinaryHasNoFaultHooks(t *testing.T) {
+	out := filepath.Join(t.TempDir(), "promoted")
+	if b, err := exec.Command("go", "build", "-o", out, ".").CombinedOutput(); err != nil {
+		t.Fatalf("build: %v\n%s", err, b)
+	}
+	b, err := os.ReadFile(out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, hook := range []string{"PROMOTED_TEST_CRASH_AT", "PROMOTED_TEST_CHUNK_DELAY"} {
+		if bytes.Contains(b, []byte(hook)) {
+			t.Errorf("the production binary reads %s", hook)
+		}
+	}
+	if !bytes.Contains(b, []byte("PROMOTED_CPUPROFILE")) {
+		t.Error("the check found nothing it should: the binary lacks even PROMOTED_CPUPROFILE")
+	}
+}
