@@ -30,6 +30,8 @@ type Config struct {
 	Schema       string
 	TargetSchema string
 	Tables       []string
+	// DryRun plans and runs every check, and creates nothing anywhere.
+	DryRun bool
 	// Kafka configures a kafka:// sink (the brokers and the topic prefix
 	// come from TargetDSN).
 	Kafka kafka.Config
@@ -176,6 +178,9 @@ func (c *Config) Validate() error {
 		return usage(err)
 	}
 	if c.IsKafka() {
+		if c.DryRun {
+			return usage(errors.New("--dry-run is not available for a kafka:// sink yet: run it with the postgres:// sink of the same tenant to see the plan"))
+		}
 		if c.Promote || c.VerifyOnly {
 			return usage(errors.New("a kafka:// sink is for `promoted replicate`: promote, demote and verify need a PostgreSQL target"))
 		}

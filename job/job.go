@@ -65,6 +65,8 @@ type Job struct {
 	copier *snapshot.Copier
 	sink   *apply.Postgres
 	stream *stream.Stream
+	// dry is the result of a --dry-run.
+	dry *DryRun
 	// durable is the Kafka sink's durable position, when the sink is Kafka.
 	durable func() promoted.LSN
 	m       *metrics
@@ -221,8 +223,12 @@ func (j *Job) run(ctx context.Context) error {
 
 	// Plan and preflight: nothing is created on either side before these
 	// pass.
+	var refusals []string
 	if err := preflight(ctx, src); err != nil {
-		return err
+		if !j.cfg.DryRun {
+			return err
+		}
+		refusals = append(refusals, err.Error())
 	}
 	var dbName string
 	if err := src.QueryRow(ctx, "SELECT current_database()").Scan(&dbName); err != nil {
@@ -247,7 +253,7 @@ func (j *Job) run(ctx context.Context) error {
 			t.ServerFilter = false
 		}
 	}
-	if j.cfg.Promote && !j.cfg.Demote && len(plan.ReferencedBy) > 0 {
+	if j.cfg.Promote && !j.cfg.Demote && len(plan.ReferencedBy) > 0 && !j.cfg.DryRun {
 		return fmt.Errorf("foreign key %s, whose table is not moved: after the promotion its rows would point at rows that cleanup deletes; add that table to --tables", plan.ReferencedBy[0])
 	}
 	// The move is named by the tenant as the source prints it, so 042 and
@@ -258,6 +264,9 @@ func (j *Job) run(ctx context.Context) error {
 	}
 	j.names = snapshot.NamesFor(j.ID)
 	j.log = j.log.With("job", j.ID)
+	if j.cfg.DryRun {
+		return j.dryRun(ctx, src, dst, plan, refusals)
+	}
 	j.lease, err = acquireLease(ctx, j.cfg.SourceDSN, j.ID, plan.Tenant())
 	if err != nil {
 		return err

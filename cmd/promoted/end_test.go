@@ -97,12 +97,17 @@ func TestConcurrentVerify(t *testing.T) {
 	addr := freeAddr(t)
 	dm := startDaemon(t, nil, "replicate", "--source", s.Mover, "--sink", d.Mover, "--tenant", "1", "--metrics-addr", addr)
 	jobID, names := jobNames(t, s.Admin, "public", "1")
+	// Streaming, not copying: the slot's walsender is active (it can be
+	// while the snapshot is exported, too) and the target records the
+	// catch-up. A verification during the copy is 503 on purpose.
 	waitFor(t, dm, 60*time.Second, "the replica to stream", func() bool {
-		return queryOne[bool](t, ctx, s.Admin, `SELECT EXISTS (SELECT 1 FROM pg_replication_slots WHERE slot_name = $1 AND active)`, names.Slot)
+		phase, _, _ := progress(ctx, d.Admin, jobID)
+		return phase == "catchup" && queryOne[bool](t, ctx, s.Admin, `SELECT EXISTS (SELECT 1 FROM pg_replication_slots WHERE slot_name = $1 AND active)`, names.Slot)
 	})
 	stopLoad := startLoad(t, ctx, s.App, []int{1, 2}, 2)
 	var wg sync.WaitGroup
 	codes := make([]int, 3)
+	bodies := make([]string, 3)
 	for i := range codes {
 		wg.Add(1)
 		go func() {
@@ -112,9 +117,9 @@ func TestConcurrentVerify(t *testing.T) {
 				t.Error(err)
 				return
 			}
-			io.Copy(io.Discard, resp.Body)
+			b, _ := io.ReadAll(resp.Body)
 			resp.Body.Close()
-			codes[i] = resp.StatusCode
+			codes[i], bodies[i] = resp.StatusCode, strings.TrimSpace(string(b))
 		}()
 	}
 	wg.Wait()
@@ -128,7 +133,7 @@ func TestConcurrentVerify(t *testing.T) {
 		}
 	}
 	if ok < 1 || ok+busy != len(codes) {
-		t.Fatalf("three concurrent GET /verify answered %v, want one 200 and the others 200 or 409", codes)
+		t.Fatalf("three concurrent GET /verify answered %v (%q), want one 200 and the others 200 or 409", codes, bodies)
 	}
 	stopLoad()
 	waitCaughtUp(t, dm, ctx, s.Admin, d.Admin, jobID)

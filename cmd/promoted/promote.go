@@ -68,6 +68,7 @@ func flipMove(ctx context.Context, name string, args []string) error {
 		func(fs *pflag.FlagSet, cfg *job.Config) {
 			cfg.BindCopy(fs)
 			cfg.Cutover.Bind(fs)
+			bindDryRun(fs, cfg)
 			if !demotion {
 				fs.BoolVar(&cfg.NoRollback, "no-rollback", false, "keep no rollback slot on the target (the way back is then a full demote)")
 			}
@@ -85,7 +86,11 @@ func flipMove(ctx context.Context, name string, args []string) error {
 		return err
 	}
 	testHooks(j)
-	if err := j.Run(ctx); err != nil {
+	err = j.Run(ctx)
+	if cfg.DryRun {
+		return printDryRun(os.Stdout, cfg.Tenant, j.Planned(), err)
+	}
+	if err != nil {
 		return err
 	}
 	if ctx.Err() != nil {

@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"fmt"
+	"os"
 	"strings"
 
 	"github.com/spf13/pflag"
@@ -14,7 +15,7 @@ import (
 // rows until it is stopped (SIGINT/SIGTERM), then stops cleanly.
 func replicate(ctx context.Context, args []string) error {
 	m, err := parseMove("replicate", args, "sink", "where the tenant's rows go: postgres://... (a database; the schema is --target-schema), or kafka://host:port[,host:port]/PREFIX (topics PREFIX.schema.table, Debezium's record format)",
-		func(fs *pflag.FlagSet, cfg *job.Config) { cfg.BindCopy(fs); cfg.Kafka.Bind(fs) }, true)
+		func(fs *pflag.FlagSet, cfg *job.Config) { cfg.BindCopy(fs); cfg.Kafka.Bind(fs); bindDryRun(fs, cfg) }, true)
 	if err != nil {
 		return err
 	}
@@ -30,5 +31,9 @@ func replicate(ctx context.Context, args []string) error {
 		return err
 	}
 	testHooks(j)
-	return j.Run(ctx)
+	err = j.Run(ctx)
+	if cfg.DryRun {
+		return printDryRun(os.Stdout, cfg.Tenant, j.Planned(), err)
+	}
+	return err
 }
