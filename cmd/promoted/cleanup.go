@@ -13,11 +13,13 @@ import (
 // cleanup deletes a promoted tenant's old rows from the pooled tables in
 // small batches and removes the fence, slot and publication.
 func cleanup(ctx context.Context, args []string) error {
+	var summaryPath string
 	cfg, log, err := parseEnd("cleanup", args, func(fs *pflag.FlagSet, cfg *job.EndConfig) {
 		fs.IntVar(&cfg.BatchRows, "batch-rows", 5000, "rows deleted per transaction")
 		fs.DurationVar(&cfg.Pause, "batch-pause", 0, "pause between batches, to spare the source")
 		fs.StringVar(&cfg.TargetDSN, "target", "", "after a demotion: the pooled database, which holds the catalog")
 		fs.BoolVar(&cfg.DropSourceTables, "drop-source-tables", false, "after a demotion: drop the dedicated tables the tenant moved out of (they stay, fenced, otherwise)")
+		fs.StringVar(&summaryPath, "summary-json", "", "also write what was deleted to this file as JSON, for automation")
 	})
 	if err != nil {
 		return err
@@ -31,6 +33,9 @@ func cleanup(ctx context.Context, args []string) error {
 		names = append(names, n)
 	}
 	sort.Strings(names)
+	if err := writeSummaryFile(summaryPath, map[string]any{"tenant": cfg.Tenant, "deleted_rows": deleted, "dropped_source_tables": cfg.DropSourceTables}); err != nil {
+		return err
+	}
 	if cfg.DropSourceTables {
 		fmt.Printf("tenant %s cleaned up: its dedicated tables dropped\n", cfg.Tenant)
 		return nil

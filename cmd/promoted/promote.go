@@ -28,8 +28,12 @@ func demote(ctx context.Context, args []string) error {
 // writes on the dedicated side since the flip stream back into its
 // pooled rows, and the catalog flips back.
 func rollback(ctx context.Context, args []string) error {
+	var summaryPath string
 	m, err := parseMove("rollback", args, "target", "the dedicated database the tenant was promoted into",
-		func(fs *pflag.FlagSet, cfg *job.Config) { cfg.Cutover.Bind(fs) }, true)
+		func(fs *pflag.FlagSet, cfg *job.Config) {
+			cfg.Cutover.Bind(fs)
+			fs.StringVar(&summaryPath, "summary-json", "", "also write the summary to this file as JSON, for automation")
+		}, true)
 	if err != nil {
 		return err
 	}
@@ -52,7 +56,7 @@ func rollback(ctx context.Context, args []string) error {
 		return fmt.Errorf("stopped before the cutover: the dedicated side stays authoritative; rerun rollback to continue")
 	}
 	printSummary(os.Stdout, "rolled back", m.cfg.Tenant, j.Summary())
-	return nil
+	return writeSummaryJSON(summaryPath, m.cfg.Tenant, "rolled back", j.Summary())
 }
 
 // flipMove runs a move that ends in a catalog flip: a promotion, or a
@@ -64,11 +68,13 @@ func flipMove(ctx context.Context, name string, args []string) error {
 	if demotion {
 		help, side, done = "the pooled database's connection string (its tables must exist; the catalog lives there unless --catalog)", "dedicated side", "demoted"
 	}
+	var summaryPath string
 	m, err := parseMove(name, args, "target", help,
 		func(fs *pflag.FlagSet, cfg *job.Config) {
 			cfg.BindCopy(fs)
 			cfg.Cutover.Bind(fs)
 			bindDryRun(fs, cfg)
+			fs.StringVar(&summaryPath, "summary-json", "", "also write the summary to this file as JSON, for automation")
 			if !demotion {
 				fs.BoolVar(&cfg.NoRollback, "no-rollback", false, "keep no rollback slot on the target (the way back is then a full demote)")
 			}
@@ -97,6 +103,9 @@ func flipMove(ctx context.Context, name string, args []string) error {
 		return fmt.Errorf("stopped before the cutover: the %s stays authoritative; rerun %s to continue", side, name)
 	}
 	printSummary(os.Stdout, done, cfg.Tenant, j.Summary())
+	if err := writeSummaryJSON(summaryPath, cfg.Tenant, done, j.Summary()); err != nil {
+		return err
+	}
 	if s := j.Summary(); s != nil && s.Rollback {
 		fmt.Printf("  until cleanup, roll back with: promoted rollback --source %s --target %s --tenant %s\n", job.Redact(cfg.SourceDSN), job.Redact(cfg.TargetDSN), cfg.Tenant)
 	}

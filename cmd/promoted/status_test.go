@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/promoted/promoted/job"
+	"github.com/promoted/promoted/testenv"
 )
 
 // TestStatusSaysWhatToRunNext follows one move through `promoted status`:
@@ -92,5 +93,62 @@ func TestProductionBinaryHasNoFaultHooks(t *testing.T) {
 	}
 	if !bytes.Contains(b, []byte("PROMOTED_CPUPROFILE")) {
 		t.Error("the check found nothing it should: the binary lacks even PROMOTED_CPUPROFILE")
+	}
+}
+
+// TestSummaryJSON: promote and cleanup write their summaries as JSON for
+// automation, and the numbers are the moved rows: rows copied plus the
+// changes applied (no writers here: none) equal the tenant's rows, and
+// cleanup reports deleting exactly them.
+func TestSummaryJSON(t *testing.T) {
+	ctx := context.Background()
+	s := src.NewSaaS(t, 40, 2)
+	d := dst.NewTenantDB(t)
+	dir := t.TempDir()
+	var tenantRows int64
+	for _, tb := range testenv.MovedTables {
+		tenantRows += queryOne[int64](t, ctx, s.Admin, "SELECT count(*) FROM "+tb+" WHERE tenant_id = 1")
+	}
+	promoteJSON, cleanupJSON := filepath.Join(dir, "promote.json"), filepath.Join(dir, "cleanup.json")
+	if code, _, stderr := runCLI(t, "promote", "--source", s.Mover, "--target", d.Mover, "--tenant", "1", "--summary-json", promoteJSON); code != 0 {
+		t.Fatalf("promote exited %d: %s", code, stderr)
+	}
+	var p struct {
+		Tenant, Outcome   string
+		RowsCopied        int64 `json:"rows_copied"`
+		BlockedMS         int64 `json:"writes_blocked_ms"`
+		CatalogVersion    int64 `json:"catalog_version"`
+		VerifiedUnder     int64 `json:"verified_rows_under_fence"`
+		RollbackPossible  bool  `json:"rollback_possible"`
+		VerifiedBeforeRow int64 `json:"verified_rows_before_fence"`
+	}
+	readJSON(t, promoteJSON, &p)
+	if p.Tenant != "1" || p.Outcome != "promoted" || p.RowsCopied != tenantRows || p.BlockedMS <= 0 || p.CatalogVersion != 2 || !p.RollbackPossible {
+		t.Errorf("promote summary %+v; the tenant has %d rows", p, tenantRows)
+	}
+	if code, _, stderr := runCLI(t, "cleanup", "--source", s.Mover, "--tenant", "1", "--summary-json", cleanupJSON); code != 0 {
+		t.Fatalf("cleanup exited %d: %s", code, stderr)
+	}
+	var c struct {
+		Deleted map[string]int64 `json:"deleted_rows"`
+	}
+	readJSON(t, cleanupJSON, &c)
+	var deleted int64
+	for _, n := range c.Deleted {
+		deleted += n
+	}
+	if deleted != tenantRows {
+		t.Errorf("cleanup summary %+v: %d rows deleted, the tenant had %d", c, deleted, tenantRows)
+	}
+}
+
+func readJSON(t *testing.T, path string, v any) {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := json.Unmarshal(b, v); err != nil {
+		t.Fatalf("%s: %v\n%s", path, err, b)
 	}
 }
