@@ -638,27 +638,17 @@ func (j *Job) catchup(ctx context.Context, repl *pgconn.PgConn, from promoted.LS
 	j.mu.Lock()
 	j.sink, j.stream, j.gate = sink, st, gated
 	j.mu.Unlock()
-	j.setPhase("catchup")
-	if !j.cfg.VerifyOnly {
-		if err := j.recordPhase(ctx, state.PhaseCatchup); err != nil {
-			return err
-		}
+	if err := j.startCatchup(ctx, !j.cfg.VerifyOnly); err != nil {
+		return err
 	}
-	if j.Hooks.Streaming != nil {
-		j.Hooks.Streaming()
-	}
-	g, gctx := errgroup.WithContext(ctx)
-	stop := j.reportProgress(gctx)
-	defer stop()
-	g.Go(func() error { return st.Run(gctx, from, gated) })
-	g.Go(func() error { return j.watchSlot(gctx, j.watchInterval()) })
+	var also []func(context.Context) error
 	if j.cfg.Promote {
-		g.Go(func() error { return j.cutover(gctx, st, sink) })
+		also = append(also, func(ctx context.Context) error { return j.cutover(ctx, st, sink) })
 	}
 	if j.cfg.VerifyOnly {
-		g.Go(func() error { return j.verifyOnce(gctx) })
+		also = append(also, j.verifyOnce)
 	}
-	err = j.budgetErr(g.Wait())
+	err = j.budgetErr(j.runStream(ctx, st, from, gated, also...))
 	if errors.Is(err, errVerified) {
 		return nil
 	}
@@ -669,6 +659,36 @@ func (j *Job) catchup(ctx context.Context, repl *pgconn.PgConn, from promoted.LS
 		return nil
 	}
 	return err
+}
+
+// startCatchup enters the catch-up phase: said, recorded on the source
+// (unless record is false, for a verify-only run) and hooked.
+func (j *Job) startCatchup(ctx context.Context, record bool) error {
+	j.setPhase("catchup")
+	if record {
+		if err := j.recordPhase(ctx, state.PhaseCatchup); err != nil {
+			return err
+		}
+	}
+	if j.Hooks.Streaming != nil {
+		j.Hooks.Streaming()
+	}
+	return nil
+}
+
+// runStream streams from the slot into sink until something fails or ctx
+// ends, with the progress reports and the retained-WAL watch beside it,
+// and also whatever the caller adds (the cutover, a verification).
+func (j *Job) runStream(ctx context.Context, st *stream.Stream, from promoted.LSN, sink promoted.Sink, also ...func(context.Context) error) error {
+	g, gctx := errgroup.WithContext(ctx)
+	stop := j.reportProgress(gctx)
+	defer stop()
+	g.Go(func() error { return st.Run(gctx, from, sink) })
+	g.Go(func() error { return j.watchSlot(gctx, j.watchInterval()) })
+	for _, f := range also {
+		g.Go(func() error { return f(gctx) })
+	}
+	return g.Wait()
 }
 
 // createdTables reports which target tables this move created (and may

@@ -8,7 +8,6 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
-	"golang.org/x/sync/errgroup"
 
 	"github.com/promoted/promoted"
 	"github.com/promoted/promoted/apply/kafka"
@@ -114,35 +113,42 @@ func (j *Job) runKafka(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	defer sink.Close()
+	// The sink, once it has read what the topics hold, goes on into the
+	// stream (followKafka owns it): a restart reads every partition once.
 	res, err := sink.Resume(ctx)
-	if err != nil {
-		return err
-	}
 	var slotThere bool
-	if err := src.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM pg_replication_slots WHERE slot_name = $1)`, j.names.Slot).Scan(&slotThere); err != nil {
-		return fmt.Errorf("look for the replica's slot: %w", err)
+	if err == nil {
+		err = src.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM pg_replication_slots WHERE slot_name = $1)`, j.names.Slot).Scan(&slotThere)
+	}
+	if err != nil {
+		sink.Close()
+		return fmt.Errorf("look for what the replica delivered: %w", err)
 	}
 	switch {
 	case !slotThere || rec == nil || !rec.Active():
 		if res.Streamed || anySnapshot(res) {
 			j.log.Warn("the topics hold records of an earlier replica whose slot is gone: the new snapshot rewrites every row, but rows deleted since that replica stopped stay in the topics; delete the topics first for an exact copy", "stage", "prepare")
 		}
+		err := error(nil)
 		if slotThere {
-			if err := snapshot.Drop(ctx, src, j.names); err != nil {
-				return err
-			}
+			err = snapshot.Drop(ctx, src, j.names)
 		}
-		if err := j.kafkaSnapshot(ctx, src, sink); err != nil {
+		if err == nil {
+			err = j.kafkaSnapshot(ctx, src, sink)
+		}
+		if err != nil {
+			sink.Close()
 			return err
 		}
 	case rec.Phase == state.PhasePrepare || rec.Phase == state.PhaseCopy:
 		j.log.Warn("an earlier run stopped before the snapshot was written whole: streaming the changes since its start, then taking it again (its rows are written again; consumers upsert op r by key)", "stage", "prepare")
+		sink.Close() // the snapshot's records will make what it read stale
+		sink = nil
 		if err := j.kafkaResnapshot(ctx, src, newSink); err != nil {
 			return err
 		}
 	}
-	return j.followKafka(ctx, newSink)
+	return j.followKafka(ctx, newSink, sink)
 }
 
 // kafkaSnapshot creates the publication and the slot, and writes every
@@ -213,14 +219,21 @@ func (j *Job) writeSnapshot(ctx context.Context, sink *kafka.Sink, name string, 
 }
 
 // followKafka streams the tenant's changes into Kafka until ctx ends,
-// starting again (a new sink that reads what the topics hold, the stream
-// from the slot's confirmed position) after a transient failure.
-func (j *Job) followKafka(ctx context.Context, newSink func() (*kafka.Sink, error)) error {
+// into first (a sink that has read what the topics hold) and, after a
+// transient failure, into a new such sink, the stream starting again from
+// the slot's confirmed position.
+func (j *Job) followKafka(ctx context.Context, newSink func() (*kafka.Sink, error), first *kafka.Sink) error {
 	backoff := retryMin
 	var failingSince time.Time
 	for attempt := 1; ; attempt++ {
 		started := time.Now()
-		err := j.streamKafka(ctx, newSink, 0)
+		sink, err := first, error(nil)
+		if first = nil; sink == nil {
+			sink, err = resumed(ctx, newSink)
+		}
+		if err == nil {
+			err = j.streamKafka(ctx, sink, 0)
+		}
 		if err == nil || ctx.Err() != nil || !db.Transient(err) {
 			return j.budgetErr(err)
 		}
@@ -244,13 +257,10 @@ func (j *Job) followKafka(ctx context.Context, newSink func() (*kafka.Sink, erro
 	}
 }
 
-// streamKafka is one run of the stream into a new sink; with until, it
-// stops with errReached at the first transaction committed at or past it.
-func (j *Job) streamKafka(ctx context.Context, newSink func() (*kafka.Sink, error), until promoted.LSN) error {
-	sink, err := resumed(ctx, newSink)
-	if err != nil {
-		return err
-	}
+// streamKafka is one run of the stream into sink (resumed; closed at the
+// end); with until, it stops with errReached at the first transaction
+// committed at or past it.
+func (j *Job) streamKafka(ctx context.Context, sink *kafka.Sink, until promoted.LSN) error {
 	defer sink.Close()
 	slot, err := snapshot.ReadSlot(ctx, j.src, j.names.Slot)
 	if err != nil {
@@ -275,21 +285,10 @@ func (j *Job) streamKafka(ctx context.Context, newSink func() (*kafka.Sink, erro
 	var to promoted.Sink = sink
 	if until != 0 {
 		to = untilSink{Sink: sink, until: until}
-	} else {
-		j.setPhase("catchup")
-		if err := j.recordPhase(ctx, state.PhaseCatchup); err != nil {
-			return err
-		}
-		if j.Hooks.Streaming != nil {
-			j.Hooks.Streaming()
-		}
+	} else if err := j.startCatchup(ctx, true); err != nil {
+		return err
 	}
-	g, gctx := errgroup.WithContext(ctx)
-	stop := j.reportProgress(gctx)
-	defer stop()
-	g.Go(func() error { return st.Run(gctx, from, to) })
-	g.Go(func() error { return j.watchSlot(gctx, j.watchInterval()) })
-	err = g.Wait()
+	err = j.runStream(ctx, st, from, to)
 	if err != nil && errors.Is(err, context.Canceled) && ctx.Err() != nil {
 		return nil
 	}

@@ -38,7 +38,11 @@ func (j *Job) kafkaResnapshot(ctx context.Context, src *pgx.Conn, newSink func()
 	if _, err := src.Exec(ctx, "SELECT pg_logical_emit_message(true, 'promoted-verify', '')"); err != nil {
 		return fmt.Errorf("snapshot: %w", err)
 	}
-	if err := j.streamKafka(ctx, newSink, tmp.ConsistentPoint); !errors.Is(err, errReached) {
+	window, err := resumed(ctx, newSink)
+	if err != nil {
+		return err
+	}
+	if err := j.streamKafka(ctx, window, tmp.ConsistentPoint); !errors.Is(err, errReached) {
 		if err == nil {
 			err = ctx.Err()
 		}

@@ -82,7 +82,7 @@ func demoKafka(ctx context.Context, log *slog.Logger, say func(string, ...any), 
 	for _, wr := range writers {
 		acks += wr.Acks.Load()
 	}
-	end, err := currentLSN(ctx, pooledDB.Admin)
+	end, err := currentLSN(ctx, pooledDB.Mover)
 	if err != nil {
 		return err
 	}
@@ -104,7 +104,7 @@ func demoKafka(ctx context.Context, log *slog.Logger, say func(string, ...any), 
 	w.examples()
 
 	say("folding every topic back into rows (by key; deletes and tombstones remove) and comparing with tenant 1 in the source")
-	conn, err := db.Open(ctx, db.Source, pooledDB.Admin, "promoted-demo")
+	conn, err := db.Open(ctx, db.Source, pooledDB.Mover, "promoted-demo")
 	if err != nil {
 		return err
 	}
