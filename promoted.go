@@ -61,6 +61,11 @@ type Column struct {
 	// between two databases (arrays or composites of user-defined types
 	// embed type OIDs that differ between databases).
 	BinaryUnsafe bool
+	// Missing is set for a column added on the source during a replica's
+	// life with a constant default: an SQL expression of the value every
+	// row that existed before the ADD COLUMN holds. pgoutput never sends
+	// those rows again, so the target must give them this value itself.
+	Missing string
 }
 
 // Table is one table of the tenant's data: where it lives on the source,
@@ -146,6 +151,11 @@ const (
 	// Message is a transactional pg_logical_emit_message with prefix
 	// "promoted": the cutover's fence marker.
 	Message
+	// Relation says a column was added to or dropped from the table on the
+	// source (a replica lives for months, and its source's schema changes
+	// under it). Change.Table is the table's definition from this change
+	// on; the changes after it in the stream use that definition.
+	Relation
 )
 
 func (o Op) String() string {
@@ -160,6 +170,8 @@ func (o Op) String() string {
 		return "truncate"
 	case Message:
 		return "message"
+	case Relation:
+		return "relation"
 	}
 	return fmt.Sprintf("op(%d)", uint8(o))
 }

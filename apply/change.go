@@ -17,6 +17,9 @@ func (p *Postgres) change(ctx context.Context, c *promoted.Change) error {
 		return nil
 	}
 	t := c.Table
+	if c.Op == promoted.Relation {
+		return p.relation(ctx, c)
+	}
 	if c.Op != promoted.Message {
 		p.changes.Add(1)
 		p.trackChange(c)

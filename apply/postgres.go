@@ -106,6 +106,9 @@ type Postgres struct {
 	// fence (a rollback applies into the pooled rows a promotion fenced,
 	// which stay fenced for the application until the flip back).
 	Bypass bool
+	// Evolve makes the sink follow ADD COLUMN and DROP COLUMN on the
+	// source (a replica's); without it a Relation change stops the apply.
+	Evolve bool
 
 	durable atomic.Uint64
 	changes atomic.Int64

@@ -374,7 +374,14 @@ func (j *Job) run(ctx context.Context) error {
 		// a change since (even while no promoted ran) stops the move.
 		planned := plan.Definitions
 		plan.Definitions = rec.Definitions
-		if err := plan.DriftFrom(planned); err != nil {
+		if j.follows() {
+			// A replica's stream brings the target the columns added and
+			// dropped since; it goes on from the definitions of now.
+			if err := plan.ChangedColumns(planned); err != nil {
+				return err
+			}
+			plan.Definitions, record.Definitions = planned, planned
+		} else if err := plan.DriftFrom(planned); err != nil {
 			return err
 		}
 	}
@@ -627,10 +634,14 @@ func (j *Job) catchup(ctx context.Context, repl *pgconn.PgConn, from promoted.LS
 	sink := apply.NewPostgres(j.cfg.Apply, applyConn, j.ID, from, fetcher, j.cfg.Tenant, j.log.With("stage", "apply"))
 	sink.Lose = j.Hooks.Lose
 	sink.Bypass = j.cfg.Rollback
+	sink.Evolve = j.follows()
 	defer sink.Close(context.Background())
 	gated := apply.NewGate(sink)
 	scfg := j.cfg.Stream
 	scfg.Slot, scfg.Publication = j.names.Slot, j.names.Publication
+	if j.follows() {
+		scfg.Evolve = j.addedColumn(nil)
+	}
 	st, err := stream.New(scfg, repl, j.plan.Tables, j.log.With("stage", "stream"))
 	if err != nil {
 		return err

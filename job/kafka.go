@@ -275,6 +275,7 @@ func (j *Job) streamKafka(ctx context.Context, sink *kafka.Sink, until promoted.
 	defer repl.Close(context.Background())
 	scfg := j.cfg.Stream
 	scfg.Slot, scfg.Publication = j.names.Slot, j.names.Publication
+	scfg.Evolve = j.addedColumn(sink.Types())
 	st, err := stream.New(scfg, repl, j.plan.Tables, j.log.With("stage", "stream"))
 	if err != nil {
 		return err

@@ -58,6 +58,39 @@ func (p *Plan) DriftFrom(now map[string]string) error {
 	return nil
 }
 
+// ChangedColumns compares definitions read now with the plan's as a
+// replica does, which follows columns added and dropped (its stream
+// carries them to the target) but nothing else: a column present in both
+// whose type, typmod, NOT NULL, collation or generation differs stops it.
+func (p *Plan) ChangedColumns(now map[string]string) error {
+	for _, t := range p.Tables {
+		was, _ := splitDefinition(p.Definitions[t.String()])
+		_, nowCols := splitDefinition(now[t.String()])
+		for _, c := range was {
+			name, _, _ := strings.Cut(c, " ")
+			if n, ok := nowCols[name]; ok && n != c {
+				return fmt.Errorf("table %s changed on the source while the replica was stopped (column %s is now %s): a replica follows columns added and dropped, nothing else; cancel it, then run it again to copy the tenant with the new definition", t, c, strings.TrimPrefix(n, name+" "))
+			}
+		}
+	}
+	return nil
+}
+
+// splitDefinition splits a definition from definitionSQL into its
+// columns, in order and by name.
+func splitDefinition(def string) (cols []string, byName map[string]string) {
+	byName = map[string]string{}
+	if def == "" {
+		return nil, byName
+	}
+	for _, c := range strings.Split(def, ", ") {
+		name, _, _ := strings.Cut(c, " ")
+		cols = append(cols, c)
+		byName[name] = c
+	}
+	return cols, byName
+}
+
 // columnChange names the first column whose definition differs.
 func columnChange(was, now string) string {
 	split := func(def string) (names []string, byName map[string]string) {

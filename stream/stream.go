@@ -47,6 +47,12 @@ type Config struct {
 	// means the network or the source is gone, even when no TCP reset
 	// ever arrives (0: 30s).
 	ReceiveTimeout time.Duration
+	// Evolve, when set, makes the stream follow ADD COLUMN and DROP
+	// COLUMN on the source: the sink gets a Relation change with the
+	// table's new definition before the first change that uses it. A
+	// replica sets it; a move, which ends in a flip to a target planned
+	// from the old definition, leaves it nil and stops instead.
+	Evolve ColumnResolver
 }
 
 // ErrSilent reports a source that sent nothing for longer than
@@ -114,6 +120,9 @@ type Stream struct {
 	conn    *pgconn.PgConn
 	tables  map[[2]string]*promoted.Table
 	rels    map[uint32]*relation
+	// pendRel holds Relation changes that arrived in a skipped
+	// transaction, for the next one delivered.
+	pendRel []promoted.Change
 	filter  filter
 	log     *slog.Logger
 	metrics *metrics
@@ -381,11 +390,27 @@ func (s *Stream) receive(ctx context.Context, start promoted.LSN, sink promoted.
 				if !ok {
 					return fmt.Errorf("the stream carries table %s.%s, which this move does not include: the publication was altered; cancel the move and start again", m.Namespace, m.RelationName)
 				}
-				r, err := mapRelation(m, t)
+				next, changed, err := s.relationChange(ctx, m, t)
+				if err != nil {
+					return err
+				}
+				r, err := mapRelation(m, next)
 				if err != nil {
 					return err
 				}
 				s.rels[m.RelationID] = r
+				if changed {
+					s.tables[[2]string{m.Namespace, m.RelationName}] = next
+					rc := promoted.Change{Op: promoted.Relation, Table: next, LSN: xld.WALStart}
+					// pgoutput sends a Relation message once per session,
+					// inside the first transaction that uses it: when that
+					// one is skipped, the next one delivered carries it.
+					if skip || txn == nil {
+						s.pendRel = append(s.pendRel, rc)
+					} else {
+						txn.Changes = append(txn.Changes, rc)
+					}
+				}
 			case *pglogrepl.BeginMessage:
 				inTxn = true
 				// A transaction whose commit record starts before the resume
@@ -393,6 +418,9 @@ func (s *Stream) receive(ctx context.Context, start promoted.LSN, sink promoted.
 				skip = m.FinalLSN < start
 				parts = false
 				txn = &promoted.Txn{Xid: m.Xid, FinalLSN: m.FinalLSN, CommitTime: m.CommitTime}
+				if !skip && len(s.pendRel) > 0 {
+					txn.Changes, s.pendRel = s.pendRel, nil
+				}
 			case *pglogrepl.CommitMessage:
 				inTxn = false
 				if txn == nil {

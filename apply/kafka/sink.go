@@ -203,6 +203,15 @@ func (s *Sink) applyTxn(ctx context.Context, txn *promoted.Txn) error {
 		if c.Op == promoted.Message {
 			continue
 		}
+		if c.Op == promoted.Relation {
+			// A column added or dropped on the source: the records from
+			// the next change on carry the table's new schema, as
+			// Debezium's do. Nothing is written for the change itself.
+			if err := s.follow(c.Table); err != nil {
+				return err
+			}
+			continue
+		}
 		te := s.tables[c.Table]
 		if te == nil {
 			return fmt.Errorf("encode %s: the sink was not made for this table", c.Table)
@@ -378,3 +387,24 @@ func (s *Sink) fail(err error) error {
 	}
 	return err
 }
+
+// follow makes the encoder of a table's new definition (after ADD or DROP
+// COLUMN on the source), in the old one's place in the snapshot order.
+func (s *Sink) follow(t *promoted.Table) error {
+	for _, old := range s.order {
+		if old.table.Schema != t.Schema || old.table.Name != t.Name {
+			continue
+		}
+		te, err := newTableEnc(&s.cfg, t, old.index, s.types, s.log)
+		if err != nil {
+			return err
+		}
+		s.tables[t] = te
+		return nil
+	}
+	return fmt.Errorf("encode %s: the sink was not made for this table", t)
+}
+
+// Types is the catalog information the sink encodes with; a replica adds
+// to it the columns added on the source while it runs.
+func (s *Sink) Types() *Types { return s.types }

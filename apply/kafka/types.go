@@ -3,6 +3,7 @@ package kafka
 import (
 	"context"
 	"fmt"
+	"sync"
 
 	"github.com/jackc/pgx/v5"
 
@@ -36,7 +37,10 @@ type ColumnType struct {
 // tables, and the source database's name (Debezium's source.db).
 type Types struct {
 	Database string
-	cols     map[string]map[string]*ColumnType
+	// mu guards cols: a column added on the source is read by the
+	// stream's goroutine while the sink's encodes.
+	mu   sync.RWMutex
+	cols map[string]map[string]*ColumnType
 }
 
 // Column returns the type information of one column of t, or nil.
@@ -44,7 +48,26 @@ func (ts *Types) Column(t *promoted.Table, name string) *ColumnType {
 	if ts == nil {
 		return nil
 	}
+	ts.mu.RLock()
+	defer ts.mu.RUnlock()
 	return ts.cols[t.String()][name]
+}
+
+// AddColumn reads the type of a column added to t on the source while a
+// replica runs, so that the records from its next change on carry it.
+func (ts *Types) AddColumn(ctx context.Context, conn *pgx.Conn, t *promoted.Table, name string, oid uint32, typmod int32) error {
+	l := &typeLoader{conn: conn, cache: map[uint32]*pgType{}}
+	ct, err := l.resolve(ctx, oid, typmod)
+	if err != nil {
+		return fmt.Errorf("read the type of %s.%s: %w", t, name, err)
+	}
+	ts.mu.Lock()
+	defer ts.mu.Unlock()
+	if ts.cols[t.String()] == nil {
+		ts.cols[t.String()] = map[string]*ColumnType{}
+	}
+	ts.cols[t.String()][name] = ct
+	return nil
 }
 
 // LoadTypes reads what the encoder needs from the source catalog: each
