@@ -116,10 +116,10 @@ func (c *Config) Validate() error {
 
 // Stream is one pgoutput session on a replication connection.
 type Stream struct {
-	cfg     Config
-	conn    *pgconn.PgConn
-	tables  map[[2]string]*promoted.Table
-	rels    map[uint32]*relation
+	cfg    Config
+	conn   *pgconn.PgConn
+	tables map[[2]string]*promoted.Table
+	rels   map[uint32]*relation
 	// pendRel holds Relation changes that arrived in a skipped
 	// transaction, for the next one delivered.
 	pendRel []promoted.Change
