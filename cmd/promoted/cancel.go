@@ -6,26 +6,25 @@ import (
 	"log/slog"
 	"os"
 
-	"github.com/spf13/pflag"
-
 	"github.com/promoted/promoted/job"
 )
 
 // parseEnd parses the flags cancel and cleanup share, plus the command's
 // own (extra), and makes the logger.
-func parseEnd(name string, args []string, extra func(*pflag.FlagSet, *job.EndConfig)) (*job.EndConfig, *slog.Logger, error) {
-	fs := pflag.NewFlagSet(name, pflag.ContinueOnError)
+func parseEnd(name string, args []string, extra func(*flagGroups, *job.EndConfig)) (*job.EndConfig, *slog.Logger, error) {
+	g := newFlagGroups()
 	var c common
 	cfg := &job.EndConfig{}
-	fs.StringVar(&cfg.SourceDSN, "source", "", "source database connection string")
-	fs.StringVar(&cfg.Tenant, "tenant", "", "the tenant of the move")
-	fs.StringVar(&cfg.Schema, "schema", "public", "source schema of the move")
-	fs.StringVar(&cfg.TargetSchema, "target-schema", "", "target schema of the move (default: the move's, as recorded; a different one is refused)")
-	fs.StringVar(&cfg.TenantColumn, "tenant-column", "", "column that holds the tenant (default: the move's, as recorded; a different one is refused)")
-	fs.StringSliceVar(&cfg.Tables, "tables", nil, "the move's tables (default: the move's, as recorded; different ones are refused)")
-	fs.StringVar(&cfg.CatalogDSN, "catalog", "", "catalog database connection string (default: the source; the pooled target after a demotion)")
-	extra(fs, cfg)
-	c.bind(fs)
+	g.Connections.StringVar(&cfg.SourceDSN, "source", "", "source database connection string")
+	g.Move.StringVar(&cfg.Tenant, "tenant", "", "the tenant of the move")
+	g.Move.StringVar(&cfg.Schema, "schema", "public", "source schema of the move")
+	g.Move.StringVar(&cfg.TargetSchema, "target-schema", "", "target schema of the move (default: the move's, as recorded; a different one is refused)")
+	g.Move.StringVar(&cfg.TenantColumn, "tenant-column", "", "column that holds the tenant (default: the move's, as recorded; a different one is refused)")
+	g.Move.StringSliceVar(&cfg.Tables, "tables", nil, "the move's tables (default: the move's, as recorded; different ones are refused)")
+	extra(g, cfg)
+	g.Connections.StringVar(&cfg.CatalogDSN, "catalog", "", "catalog database connection string (default: the source; the pooled target after a demotion)")
+	c.bindLog(g.Observability)
+	fs := g.flagSet(name)
 	if err := parse(fs, args); err != nil {
 		return nil, nil, err
 	}
@@ -46,9 +45,9 @@ func parseEnd(name string, args []string, extra func(*pflag.FlagSet, *job.EndCon
 // publication dropped; the target is left for inspection unless
 // --drop-target.
 func cancel(ctx context.Context, args []string) error {
-	cfg, log, err := parseEnd("cancel", args, func(fs *pflag.FlagSet, cfg *job.EndConfig) {
-		fs.StringVar(&cfg.TargetDSN, "target", "", "target database connection string (needed with --drop-target, and to cancel a demotion: its demoted rows are deleted from the pooled tables)")
-		fs.BoolVar(&cfg.DropTarget, "drop-target", false, "drop what the move created on the target (tables it did not create keep everything but the tenant's rows)")
+	cfg, log, err := parseEnd("cancel", args, func(g *flagGroups, cfg *job.EndConfig) {
+		g.Connections.StringVar(&cfg.TargetDSN, "target", "", "target database connection string (needed with --drop-target, and to cancel a demotion: its demoted rows are deleted from the pooled tables)")
+		g.Move.BoolVar(&cfg.DropTarget, "drop-target", false, "drop what the move created on the target (tables it did not create keep everything but the tenant's rows)")
 	})
 	if err != nil {
 		return err

@@ -5,8 +5,6 @@ import (
 	"fmt"
 	"sort"
 
-	"github.com/spf13/pflag"
-
 	"github.com/promoted/promoted/job"
 )
 
@@ -14,12 +12,12 @@ import (
 // small batches and removes the fence, slot and publication.
 func cleanup(ctx context.Context, args []string) error {
 	var summaryPath string
-	cfg, log, err := parseEnd("cleanup", args, func(fs *pflag.FlagSet, cfg *job.EndConfig) {
-		fs.IntVar(&cfg.BatchRows, "batch-rows", 5000, "rows deleted per transaction")
-		fs.DurationVar(&cfg.Pause, "batch-pause", 0, "pause between batches, to spare the source")
-		fs.StringVar(&cfg.TargetDSN, "target", "", "after a demotion: the pooled database, which holds the catalog")
-		fs.BoolVar(&cfg.DropSourceTables, "drop-source-tables", false, "after a demotion: drop the dedicated tables the tenant moved out of (they stay, fenced, otherwise)")
-		fs.StringVar(&summaryPath, "summary-json", "", "also write what was deleted to this file as JSON, for automation")
+	cfg, log, err := parseEnd("cleanup", args, func(g *flagGroups, cfg *job.EndConfig) {
+		g.Connections.StringVar(&cfg.TargetDSN, "target", "", "after a demotion: the pooled database, which holds the catalog")
+		g.Move.BoolVar(&cfg.DropSourceTables, "drop-source-tables", false, "after a demotion: drop the dedicated tables the tenant moved out of (they stay, fenced, otherwise)")
+		g.Apply.IntVar(&cfg.BatchRows, "batch-rows", 5000, "rows deleted per transaction")
+		g.Apply.DurationVar(&cfg.Pause, "batch-pause", 0, "pause between batches, to spare the source")
+		g.Observability.StringVar(&summaryPath, "summary-json", "", "also write what was deleted to this file as JSON, for automation")
 	})
 	if err != nil {
 		return err

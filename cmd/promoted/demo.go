@@ -9,7 +9,6 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
-	"github.com/spf13/pflag"
 
 	"github.com/promoted/promoted"
 	"github.com/promoted/promoted/job"
@@ -23,18 +22,19 @@ import (
 // tenant demoted into the pooled tables, live, checked the same way), and
 // everything removed.
 func demo(ctx context.Context, args []string) error {
-	fs := pflag.NewFlagSet("demo", pflag.ContinueOnError)
+	g := newFlagGroups()
 	var (
 		c     common
 		scale int
 		live  time.Duration
 		sink  string
 	)
-	fs.IntVar(&scale, "scale", 2000, "customers per small tenant (the big tenant has 10x)")
-	fs.DurationVar(&live, "live", 5*time.Second, "how long to replicate live under load before the cutover")
-	fs.StringVar(&sink, "sink", "", "kafka: the analytics story instead (tenant 1 replicated into an in-process Kafka broker as Debezium records)")
-	c.bind(fs)
-	if err := parse(fs, args); err != nil {
+	g.Move.IntVar(&scale, "scale", 2000, "customers per small tenant (the big tenant has 10x)")
+	g.Move.StringVar(&sink, "sink", "", "kafka: the analytics story instead (tenant 1 replicated into an in-process Kafka broker as Debezium records)")
+	g.Cutover.DurationVar(&live, "live", 5*time.Second, "how long to replicate live under load before the cutover")
+	c.bindLog(g.Observability)
+	c.bindMetrics(g.Observability)
+	if err := parse(g.flagSet("demo"), args); err != nil {
 		return err
 	}
 	if sink != "" && sink != "kafka" {

@@ -15,7 +15,7 @@ import (
 	"github.com/promoted/promoted/job"
 )
 
-// common are the flags every command shares.
+// common are the flags of logging and metrics, which most commands share.
 type common struct {
 	logFormat    string
 	logLevel     string
@@ -23,9 +23,15 @@ type common struct {
 	verifyRemote bool
 }
 
-func (c *common) bind(fs *pflag.FlagSet) {
+// bindLog registers the logging flags: every command that logs has them.
+func (c *common) bindLog(fs *pflag.FlagSet) {
 	fs.StringVar(&c.logFormat, "log-format", "text", "log format: text or json")
 	fs.StringVar(&c.logLevel, "log-level", "info", "log level: debug, info, warn, error")
+}
+
+// bindMetrics registers --metrics-addr, for the commands that serve
+// /metrics while they run.
+func (c *common) bindMetrics(fs *pflag.FlagSet) {
 	fs.StringVar(&c.metricsAddr, "metrics-addr", "", "serve Prometheus metrics on this address (e.g. :9187)")
 }
 
@@ -69,7 +75,7 @@ func parse(fs *pflag.FlagSet, args []string) error {
 		if f.Changed || envErr != nil {
 			return
 		}
-		name := "PROMOTED_" + strings.ToUpper(strings.ReplaceAll(f.Name, "-", "_"))
+		name := envName(f.Name)
 		if v, ok := os.LookupEnv(name); ok {
 			if err := fs.Set(f.Name, v); err != nil {
 				envErr = fmt.Errorf("%w: %s=%q: %v", errUsage, name, v, err)
@@ -80,6 +86,11 @@ func parse(fs *pflag.FlagSet, args []string) error {
 		return envErr
 	}
 	return positive(fs)
+}
+
+// envName is the environment variable that gives a flag: PROMOTED_<FLAG>.
+func envName(flag string) string {
+	return "PROMOTED_" + strings.ToUpper(strings.ReplaceAll(flag, "-", "_"))
 }
 
 // positiveFlags must be above zero when given: a zero is never quietly
@@ -108,41 +119,62 @@ func positive(fs *pflag.FlagSet) error {
 func required(fs *pflag.FlagSet, names ...string) error {
 	for _, n := range names {
 		if f := fs.Lookup(n); f != nil && f.Value.String() == "" {
-			return fmt.Errorf("%w: --%s is required (or PROMOTED_%s)", errUsage, n, strings.ToUpper(strings.ReplaceAll(n, "-", "_")))
+			return fmt.Errorf("%w: --%s is required (or %s)", errUsage, n, envName(n))
 		}
 	}
 	return nil
 }
 
 // moveCommand is what the commands that run a move (replicate, promote,
-// verify) share: the source, the target (named by targetFlag), the tenant,
-// the move's flags, parsing and the logger. extra binds the command's own
-// flags: each command accepts only the flags that mean something for it.
+// demote, rollback, verify) share: the source, the target, the tenant, the
+// move's flags, parsing and the logger.
 type moveCommand struct {
 	common
 	cfg job.Config
 	log *slog.Logger
 }
 
-func parseMove(name string, args []string, targetFlag, targetHelp string, extra func(*pflag.FlagSet, *job.Config), serves bool) (*moveCommand, error) {
-	fs := pflag.NewFlagSet(name, pflag.ContinueOnError)
+// moveSpec is how a move command differs from the others. Each command
+// accepts only the flags that mean something for it.
+type moveSpec struct {
+	// targetFlag names the target (--target, or replicate's --sink);
+	// targetHelp says what it is.
+	targetFlag, targetHelp string
+	// serves: the command runs as a daemon that serves /metrics and
+	// answers GET /verify.
+	serves bool
+	// recorded: the tables, the target schema and the tenant column are
+	// the recorded move's (a rollback's are its promotion's), not flags.
+	recorded bool
+	// extra binds the command's own flags.
+	extra func(*flagGroups, *job.Config)
+}
+
+func parseMove(name string, args []string, spec moveSpec) (*moveCommand, error) {
+	g := newFlagGroups()
 	m := &moveCommand{}
-	fs.StringVar(&m.cfg.SourceDSN, "source", "", "source database connection string (passwords from the DSN, PGPASSWORD or ~/.pgpass)")
-	fs.StringVar(&m.cfg.TargetDSN, targetFlag, "", targetHelp)
-	fs.StringVar(&m.cfg.Tenant, "tenant", "", "the tenant's value of the tenant column")
-	m.bind(fs)
-	if serves {
-		m.bindVerify(fs)
+	g.Connections.StringVar(&m.cfg.SourceDSN, "source", "", "source database connection string (passwords from the DSN, PGPASSWORD or ~/.pgpass)")
+	g.Connections.StringVar(&m.cfg.TargetDSN, spec.targetFlag, "", spec.targetHelp)
+	g.Move.StringVar(&m.cfg.Tenant, "tenant", "", "the tenant's value of the tenant column")
+	m.bindLog(g.Observability)
+	if spec.serves {
+		m.bindMetrics(g.Observability)
+		m.bindVerify(g.Observability)
 	}
-	m.cfg.BindMove(fs)
-	m.cfg.BindStream(fs)
-	if extra != nil {
-		extra(fs, &m.cfg)
+	elsewhere := map[string]*pflag.FlagSet{"progress-interval": g.Observability}
+	if spec.recorded {
+		elsewhere["tenant-column"], elsewhere["target-schema"], elsewhere["tables"] = nil, nil, nil
 	}
+	bindRouted(g.Move, m.cfg.BindMove, elsewhere)
+	m.cfg.BindStream(g.Apply)
+	if spec.extra != nil {
+		spec.extra(g, &m.cfg)
+	}
+	fs := g.flagSet(name)
 	if err := parse(fs, args); err != nil {
 		return nil, err
 	}
-	if err := required(fs, "source", targetFlag, "tenant"); err != nil {
+	if err := required(fs, "source", spec.targetFlag, "tenant"); err != nil {
 		return nil, err
 	}
 	var err error

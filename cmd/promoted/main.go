@@ -33,11 +33,13 @@ Usage:
   promoted demo      the whole story on throwaway local clusters (--sink kafka: the analytics replica)
   promoted --version
 
-Run 'promoted COMMAND --help' for a command's flags. Every flag can also be
-given as an environment variable PROMOTED_<FLAG> (e.g. PROMOTED_SOURCE).
+Run 'promoted COMMAND --help' (or 'promoted help COMMAND') for what a command
+does and its flags. Every flag can also be given as an environment variable
+PROMOTED_<FLAG> (e.g. PROMOTED_SOURCE).
 `
 
-// errUsage marks errors that exit with status 2.
+// errUsage marks errors that exit with status 2, on one line that ends
+// with the command's --help to run.
 var errUsage = errors.New("usage")
 
 func main() {
@@ -60,11 +62,15 @@ func run(args []string) int {
 		fmt.Println(version())
 		return 0
 	}
-	if len(args) == 0 || args[0] == "-h" || args[0] == "--help" || args[0] == "help" {
+	if len(args) == 0 {
 		fmt.Fprint(os.Stderr, usage)
-		if len(args) == 0 {
-			return 2
+		return 2
+	}
+	if args[0] == "-h" || args[0] == "--help" || args[0] == "help" {
+		if len(args) > 1 && args[0] == "help" {
+			return run([]string{args[1], "--help"}) // promoted help COMMAND
 		}
+		fmt.Fprint(os.Stdout, usage)
 		return 0
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
@@ -100,7 +106,7 @@ func run(args []string) int {
 		return 0
 	case errors.Is(err, errUsage) || isUsage(err):
 		err = usageOf(err)
-		fmt.Fprintln(os.Stderr, "promoted:", oneLine(strings.TrimPrefix(err.Error(), errUsage.Error()+": ")))
+		fmt.Fprintf(os.Stderr, "promoted: %s; run 'promoted %s --help'\n", oneLine(strings.TrimPrefix(err.Error(), errUsage.Error()+": ")), args[0])
 		return 2
 	default:
 		fmt.Fprintln(os.Stderr, "promoted:", oneLine(err.Error()))

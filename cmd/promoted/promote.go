@@ -29,11 +29,13 @@ func demote(ctx context.Context, args []string) error {
 // pooled rows, and the catalog flips back.
 func rollback(ctx context.Context, args []string) error {
 	var summaryPath string
-	m, err := parseMove("rollback", args, "target", "the dedicated database the tenant was promoted into",
-		func(fs *pflag.FlagSet, cfg *job.Config) {
-			cfg.Cutover.Bind(fs)
-			fs.StringVar(&summaryPath, "summary-json", "", "also write the summary to this file as JSON, for automation")
-		}, true)
+	m, err := parseMove("rollback", args, moveSpec{targetFlag: "target", targetHelp: "the dedicated database the tenant was promoted into",
+		serves: true, recorded: true, extra: func(g *flagGroups, cfg *job.Config) {
+			// The catalog flips back to the pooled database: a --location
+			// would be ignored.
+			bindRouted(g.Cutover, cfg.Cutover.Bind, map[string]*pflag.FlagSet{"location": nil, "catalog": g.Connections})
+			bindSummary(g.Observability, &summaryPath)
+		}})
 	if err != nil {
 		return err
 	}
@@ -69,16 +71,18 @@ func flipMove(ctx context.Context, name string, args []string) error {
 		help, side, done = "the pooled database's connection string (its tables must exist; the catalog lives there unless --catalog)", "dedicated side", "demoted"
 	}
 	var summaryPath string
-	m, err := parseMove(name, args, "target", help,
-		func(fs *pflag.FlagSet, cfg *job.Config) {
-			cfg.BindCopy(fs)
-			cfg.Cutover.Bind(fs)
-			bindDryRun(fs, cfg)
-			fs.StringVar(&summaryPath, "summary-json", "", "also write the summary to this file as JSON, for automation")
-			if !demotion {
-				fs.BoolVar(&cfg.NoRollback, "no-rollback", false, "keep no rollback slot on the target (the way back is then a full demote)")
+	m, err := parseMove(name, args, moveSpec{targetFlag: "target", targetHelp: help, serves: true,
+		extra: func(g *flagGroups, cfg *job.Config) {
+			cfg.BindCopy(g.Copy)
+			bindRouted(g.Cutover, cfg.Cutover.Bind, map[string]*pflag.FlagSet{"catalog": g.Connections})
+			bindDryRun(g.Move, cfg)
+			bindSummary(g.Observability, &summaryPath)
+			if demotion {
+				g.Connections.Lookup("catalog").Usage = "catalog database connection string (default: the target, the pooled database)"
+			} else {
+				g.Cutover.BoolVar(&cfg.NoRollback, "no-rollback", false, "keep no rollback slot on the target (the way back is then a full demote)")
 			}
-		}, true)
+		}})
 	if err != nil {
 		return err
 	}

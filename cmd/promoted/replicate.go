@@ -6,16 +6,19 @@ import (
 	"os"
 	"strings"
 
-	"github.com/spf13/pflag"
-
 	"github.com/promoted/promoted/job"
 )
 
 // replicate keeps a PostgreSQL schema or database equal to one tenant's
 // rows until it is stopped (SIGINT/SIGTERM), then stops cleanly.
 func replicate(ctx context.Context, args []string) error {
-	m, err := parseMove("replicate", args, "sink", "where the tenant's rows go: postgres://... (a database; the schema is --target-schema), or kafka://host:port[,host:port]/PREFIX (topics PREFIX.schema.table, Debezium's record format)",
-		func(fs *pflag.FlagSet, cfg *job.Config) { cfg.BindCopy(fs); cfg.Kafka.Bind(fs); bindDryRun(fs, cfg) }, true)
+	m, err := parseMove("replicate", args, moveSpec{targetFlag: "sink", serves: true,
+		targetHelp: "where the tenant's rows go: postgres://... (a database; the schema is --target-schema), or kafka://host:port[,host:port]/PREFIX (topics PREFIX.schema.table, Debezium's record format)",
+		extra: func(g *flagGroups, cfg *job.Config) {
+			cfg.BindCopy(g.Copy)
+			cfg.Kafka.Bind(g.Apply)
+			bindDryRun(g.Move, cfg)
+		}})
 	if err != nil {
 		return err
 	}

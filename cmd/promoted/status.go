@@ -7,8 +7,6 @@ import (
 	"os"
 	"text/tabwriter"
 
-	"github.com/spf13/pflag"
-
 	"github.com/promoted/promoted/job"
 )
 
@@ -19,11 +17,12 @@ var errStuck = fmt.Errorf("a move failed or stopped with no promoted running it:
 // promoted runs it, the slot's lag and retained WAL, the fence, and what to
 // run next. It exits 1 when a move is failed or stuck.
 func status(ctx context.Context, args []string) error {
-	fs := pflag.NewFlagSet("status", pflag.ContinueOnError)
+	g := newFlagGroups()
 	var source string
 	var asJSON bool
-	fs.StringVar(&source, "source", "", "the source database's connection string (where the moves are recorded)")
-	fs.BoolVar(&asJSON, "json", false, "print JSON instead of a table")
+	g.Connections.StringVar(&source, "source", "", "the source database's connection string (where the moves are recorded)")
+	g.Observability.BoolVar(&asJSON, "json", false, "print JSON instead of a table")
+	fs := g.flagSet("status")
 	if err := parse(fs, args); err != nil {
 		return err
 	}

@@ -5,8 +5,16 @@ import (
 	"fmt"
 	"os"
 
+	"github.com/spf13/pflag"
+
 	"github.com/promoted/promoted/job"
 )
+
+// bindSummary registers --summary-json on the commands that end a move
+// with a summary (promote, demote, rollback).
+func bindSummary(fs *pflag.FlagSet, path *string) {
+	fs.StringVar(path, "summary-json", "", "also write the summary to this file as JSON, for automation")
+}
 
 // moveSummary is the machine-readable summary --summary-json writes after
 // a promote, demote or rollback: what the printed summary says, with

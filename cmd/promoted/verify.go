@@ -20,7 +20,7 @@ import (
 // (bisecting to the differing keys), and stops. A daemon running the move
 // is asked through its /verify endpoint instead.
 func verifyCmd(ctx context.Context, args []string) error {
-	m, err := parseMove("verify", args, "target", "target database connection string", nil, false)
+	m, err := parseMove("verify", args, moveSpec{targetFlag: "target", targetHelp: "target database connection string"})
 	if err != nil {
 		return err
 	}
