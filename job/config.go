@@ -51,6 +51,10 @@ type Config struct {
 	SlotTimeout time.Duration
 	// ProgressInterval is how often progress is logged.
 	ProgressInterval time.Duration
+	// LiveProgress is set when a live line on a terminal shows the
+	// progress: the periodic progress log lines are then left out
+	// (warnings, such as a stalled apply, are still logged).
+	LiveProgress bool
 	// MaxRetainedWAL is the most WAL the move's slot may hold back on the
 	// source: past it the slot is dropped and the move stops.
 	MaxRetainedWAL ByteSize

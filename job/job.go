@@ -89,6 +89,7 @@ type Job struct {
 	copySeconds float64
 	summary     *Summary
 	entry       state.Entry
+	est         estimates
 
 	// FetchWait bounds how long a re-read of a row waits for its source
 	// transaction to become visible (0: the fetcher's default).
@@ -247,6 +248,7 @@ func (j *Job) run(ctx context.Context) error {
 		return err
 	}
 	j.plan = plan
+	j.estimate(plan.Tables)
 	if j.cfg.Rollback {
 		// The rollback slot's publication has no row filter (reversed).
 		for _, t := range plan.Tables {
@@ -800,7 +802,9 @@ func (j *Job) reportProgress(ctx context.Context) func() {
 			}
 			switch j.Phase() {
 			case "snapshot":
-				j.log.Info("progress", "stage", "snapshot", "rows_copied", j.RowsCopied())
+				if !j.cfg.LiveProgress {
+					j.log.Info("progress", "stage", "snapshot", "rows_copied", j.RowsCopied())
+				}
 			case "catchup":
 				lag, applied := j.Lag(), j.Applied()
 				j.m.lag.Set(float64(lag))
@@ -810,7 +814,9 @@ func (j *Job) reportProgress(ctx context.Context) func() {
 				stalled := time.Since(since)
 				if stalled < j.stallAfter() {
 					j.m.stalled.Set(0)
-					j.log.Info("progress", "stage", "catchup", "applied_lsn", applied.String(), "lag_bytes", lag)
+					if !j.cfg.LiveProgress {
+						j.log.Info("progress", "stage", "catchup", "applied_lsn", applied.String(), "lag_bytes", lag)
+					}
 					continue
 				}
 				j.m.stalled.Set(stalled.Seconds())

@@ -59,6 +59,7 @@ func (j *Job) runKafka(ctx context.Context) error {
 		return err
 	}
 	j.plan = plan
+	j.estimate(plan.Tables)
 	j.ID = KafkaID(dbName, j.cfg.Schema, plan.Tenant())
 	j.names = snapshot.NamesFor(j.ID)
 	j.log = j.log.With("job", j.ID)

@@ -99,6 +99,7 @@ type Copier struct {
 	mu      sync.Mutex
 	results map[*promoted.Table]*TableResult
 	done    atomic.Int64
+	bytes   atomic.Int64
 }
 
 // NewCopier prepares a copy; nothing runs until Run.
@@ -113,6 +114,9 @@ func NewCopier(cfg CopyConfig, sourceDSN, targetDSN, snapshot string, tables []*
 
 // RowsCopied is the running total, for progress reports.
 func (c *Copier) RowsCopied() int64 { return c.done.Load() }
+
+// BytesCopied is the running total of COPY bytes piped, for progress.
+func (c *Copier) BytesCopied() int64 { return c.bytes.Load() }
 
 // Run copies every table and returns per-table results.
 func (c *Copier) Run(ctx context.Context) (map[*promoted.Table]*TableResult, error) {
@@ -309,6 +313,7 @@ func (c *Copier) copyChunk(ctx context.Context, src, dst *pgconn.PgConn, ch chun
 	}
 	rows := tag.RowsAffected()
 	c.done.Add(rows)
+	c.bytes.Add(counter.n)
 	c.m.rows.WithLabelValues(t.String()).Add(float64(rows))
 	c.m.bytes.WithLabelValues(t.String()).Add(float64(counter.n))
 	c.mu.Lock()

@@ -120,9 +120,17 @@ CREATE TABLE IF NOT EXISTS promoted.created (
 )`
 )
 
+// ddlLock goes before each DDL script: the script runs as one implicit
+// transaction (simple protocol, no parameters), which holds the lock to its
+// end. Without it, two moves starting at once on a database promoted never
+// wrote to race in CREATE SCHEMA IF NOT EXISTS, and one fails with a
+// unique violation (IF NOT EXISTS does not serialize concurrent creators).
+const ddlLock = `SELECT pg_advisory_xact_lock(hashtext('promoted.ddl'));
+`
+
 // EnsureSource creates or migrates the source's tables.
 func EnsureSource(ctx context.Context, q Querier) error {
-	if _, err := q.Exec(ctx, sourceDDL); err != nil {
+	if _, err := q.Exec(ctx, ddlLock+sourceDDL); err != nil {
 		return fmt.Errorf("create promoted's tables on the source: %w", err)
 	}
 	return nil
@@ -132,7 +140,7 @@ func EnsureSource(ctx context.Context, q Querier) error {
 // readable by every role: applications route by it, and it holds
 // locations without passwords.
 func EnsureCatalog(ctx context.Context, q Querier) error {
-	if _, err := q.Exec(ctx, catalogDDL); err != nil {
+	if _, err := q.Exec(ctx, ddlLock+catalogDDL); err != nil {
 		return fmt.Errorf("create promoted's catalog: %w", err)
 	}
 	return nil
@@ -140,7 +148,7 @@ func EnsureCatalog(ctx context.Context, q Querier) error {
 
 // EnsureTarget creates or migrates the target's tables.
 func EnsureTarget(ctx context.Context, q Querier) error {
-	if _, err := q.Exec(ctx, targetDDL); err != nil {
+	if _, err := q.Exec(ctx, ddlLock+targetDDL); err != nil {
 		return fmt.Errorf("create promoted's tables on the target: %w", err)
 	}
 	return nil

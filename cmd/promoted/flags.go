@@ -130,8 +130,11 @@ func required(fs *pflag.FlagSet, names ...string) error {
 // move's flags, parsing and the logger.
 type moveCommand struct {
 	common
-	cfg job.Config
-	log *slog.Logger
+	cfg      job.Config
+	log      *slog.Logger
+	progress string
+	// live is the terminal's progress line, when there is one.
+	live *liveLine
 }
 
 // moveSpec is how a move command differs from the others. Each command
@@ -157,6 +160,7 @@ func parseMove(name string, args []string, spec moveSpec) (*moveCommand, error) 
 	g.Connections.StringVar(&m.cfg.TargetDSN, spec.targetFlag, "", spec.targetHelp)
 	g.Move.StringVar(&m.cfg.Tenant, "tenant", "", "the tenant's value of the tenant column")
 	m.bindLog(g.Observability)
+	g.Observability.StringVar(&m.progress, "progress", "auto", "how progress is shown: bar (one live line: the snapshot's bar, then the catch-up's lag), log (a line every --progress-interval), or auto (bar when stderr is a terminal and --log-format is text)")
 	if spec.serves {
 		m.bindMetrics(g.Observability)
 		m.bindVerify(g.Observability)
@@ -177,8 +181,16 @@ func parseMove(name string, args []string, spec moveSpec) (*moveCommand, error) 
 	if err := required(fs, "source", spec.targetFlag, "tenant"); err != nil {
 		return nil, err
 	}
-	var err error
-	m.log, err = m.logger(os.Stderr)
+	bar, err := progressMode(m.progress, m.logFormat)
+	if err != nil {
+		return nil, err
+	}
+	var logs io.Writer = os.Stderr
+	if bar {
+		m.live = &liveLine{out: os.Stderr}
+		m.cfg.LiveProgress, logs = true, m.live
+	}
+	m.log, err = m.logger(logs)
 	return m, err
 }
 

@@ -51,7 +51,10 @@ func rollback(ctx context.Context, args []string) error {
 		return err
 	}
 	testHooks(j)
-	if err := j.Run(ctx); err != nil {
+	stopProgress := m.showProgress(ctx, j)
+	err = j.Run(ctx)
+	stopProgress()
+	if err != nil {
 		return err
 	}
 	if ctx.Err() != nil {
@@ -96,7 +99,9 @@ func flipMove(ctx context.Context, name string, args []string) error {
 		return err
 	}
 	testHooks(j)
+	stopProgress := m.showProgress(ctx, j)
 	err = j.Run(ctx)
+	stopProgress()
 	if cfg.DryRun {
 		return printDryRun(os.Stdout, cfg.Tenant, j.Planned(), err)
 	}

@@ -34,7 +34,9 @@ func replicate(ctx context.Context, args []string) error {
 		return err
 	}
 	testHooks(j)
+	stopProgress := m.showProgress(ctx, j)
 	err = j.Run(ctx)
+	stopProgress()
 	if cfg.DryRun {
 		return printDryRun(os.Stdout, cfg.Tenant, j.Planned(), err)
 	}

@@ -30,7 +30,10 @@ func verifyCmd(ctx context.Context, args []string) error {
 	if err != nil {
 		return usageOf(err)
 	}
-	if err := j.Run(ctx); err != nil {
+	stopProgress := m.showProgress(ctx, j)
+	err = j.Run(ctx)
+	stopProgress()
+	if err != nil {
 		return fmt.Errorf("%w (a daemon running this move answers GET /verify on its --metrics-addr)", err)
 	}
 	return report(os.Stdout, j.Verified())
