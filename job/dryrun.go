@@ -23,6 +23,12 @@ type DryRun struct {
 	// EstimatedCopy is the copy's time at the rate the benchmark measures
 	// on two cores (400k rows/s); a rough guide only.
 	EstimatedCopy time.Duration
+	// WALRate is the source's WAL write rate now (bytes/s, sampled over a
+	// second), and RetainedWAL what the slot would hold back by the end
+	// of the copy at that rate: the move's whole footprint on the
+	// source's disk while it copies. Budget is --max-retained-wal.
+	WALRate             float64
+	RetainedWAL, Budget int64
 	// Refusals lists every check that would stop the move, one line each.
 	Refusals []string
 }
@@ -60,6 +66,16 @@ func (j *Job) dryRun(ctx context.Context, src, dst *pgx.Conn, plan *schema.Plan,
 		rows += t.EstimatedRows
 	}
 	d.EstimatedCopy = time.Duration(float64(rows) / copyRowsPerSecond * float64(time.Second))
+	rate, err := walRate(ctx, src)
+	if err != nil {
+		return fmt.Errorf("dry run: %w", err)
+	}
+	d.WALRate, d.Budget = rate, int64(j.cfg.MaxRetainedWAL)
+	d.RetainedWAL = int64(rate * d.EstimatedCopy.Seconds())
+	if d.Budget > 0 && d.RetainedWAL > d.Budget {
+		refuse(fmt.Errorf("at the source's current WAL rate (%s/s) the slot would hold back about %s by the end of the copy, past --max-retained-wal %s, and the move would be stopped: raise the budget, or move the tenant when the source writes less",
+			FormatBytes(int64(rate)), FormatBytes(d.RetainedWAL), FormatBytes(d.Budget)))
+	}
 	if err := src.QueryRow(ctx, `SELECT current_setting('max_replication_slots')::int - (SELECT count(*) FROM pg_replication_slots)::int,
 	        current_setting('max_wal_senders')::int - (SELECT count(*) FROM pg_stat_replication)::int`).Scan(&d.FreeSlots, &d.FreeSenders); err != nil {
 		return fmt.Errorf("dry run: %w", err)
@@ -97,4 +113,22 @@ type RefusedError struct{ Count int }
 
 func (e *RefusedError) Error() string {
 	return fmt.Sprintf("the move would be refused for %d reason(s), listed above: fix them and run again", e.Count)
+}
+
+// walRate samples the source's WAL write rate over one second.
+func walRate(ctx context.Context, src *pgx.Conn) (float64, error) {
+	var a, b int64
+	if err := src.QueryRow(ctx, `SELECT pg_current_wal_lsn() - '0/0'`).Scan(&a); err != nil {
+		return 0, fmt.Errorf("read the source's WAL position: %w", err)
+	}
+	start := time.Now()
+	select {
+	case <-ctx.Done():
+		return 0, ctx.Err()
+	case <-time.After(time.Second):
+	}
+	if err := src.QueryRow(ctx, `SELECT pg_current_wal_lsn() - '0/0'`).Scan(&b); err != nil {
+		return 0, fmt.Errorf("read the source's WAL position: %w", err)
+	}
+	return float64(b-a) / time.Since(start).Seconds(), nil
 }

@@ -31,13 +31,9 @@ func (j *Job) addedColumn(types *kafka.Types) stream.ColumnResolver {
 		if oid >= promoted.FirstUserOID {
 			return col, fmt.Errorf("its type (OID %d) is user-defined, and a replica follows added columns of built-in types only: cancel the replica and run it again to copy the tenant with the new definition", oid)
 		}
-		cc, err := db.Config(db.Source, j.cfg.SourceDSN, "promoted-schema")
+		conn, err := db.Open(ctx, db.Source, j.cfg.SourceDSN, "promoted-schema")
 		if err != nil {
 			return col, err
-		}
-		conn, err := pgx.ConnectConfig(ctx, cc)
-		if err != nil {
-			return col, fmt.Errorf("connect to the source: %w", err)
 		}
 		defer conn.Close(context.Background())
 		if err := conn.QueryRow(ctx, `SELECT format_type($1, $2)`, oid, typmod).Scan(&col.Type); err != nil {

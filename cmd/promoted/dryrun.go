@@ -30,6 +30,8 @@ func printDryRun(w io.Writer, tenant string, d *job.DryRun, err error) error {
 	for _, n := range d.Notes {
 		fmt.Fprintf(w, "  note: %s\n", n)
 	}
+	fmt.Fprintf(w, "  WAL: the source writes %s/s now; by the end of the copy the slot would hold back about %s (--max-retained-wal %s)\n",
+		job.FormatBytes(int64(d.WALRate)), job.FormatBytes(d.RetainedWAL), job.FormatBytes(d.Budget))
 	fmt.Fprintf(w, "  source: %d replication slot(s) and %d WAL sender(s) free; the move takes one of each, and --parallel sessions while it copies\n", d.FreeSlots, d.FreeSenders)
 	if len(d.Refusals) == 0 {
 		fmt.Fprintln(w, "  every check passed: the move would run")

@@ -19,7 +19,7 @@ func TestDryRunCreatesNothing(t *testing.T) {
 	if code != 0 {
 		t.Fatalf("dry run exited %d: %s\n%s", code, stderr, out)
 	}
-	for _, want := range []string{"public.orders", "server row filter", "replication slot(s)", "every check passed"} {
+	for _, want := range []string{"public.orders", "server row filter", "replication slot(s)", "the slot would hold back about", "every check passed"} {
 		if !strings.Contains(out, want) {
 			t.Errorf("the dry run does not say %q:\n%s", want, out)
 		}
@@ -53,5 +53,26 @@ func TestDryRunListsEveryRefusal(t *testing.T) {
 	}
 	if strings.Count(stderr, "\n") != 1 || !strings.Contains(stderr, "2 reason(s)") {
 		t.Errorf("stderr %q: want one line counting the refusals", stderr)
+	}
+}
+
+// TestDryRunWeighsTheWALBudget: while the source writes, a budget smaller
+// than the WAL the slot would hold back by the end of the copy is a
+// refusal, with the rate it was estimated from.
+func TestDryRunWeighsTheWALBudget(t *testing.T) {
+	ctx := context.Background()
+	s, d := src.NewSaaS(t, 60, 5), dst.NewTenantDB(t)
+	wctx, stop := context.WithCancel(ctx)
+	defer stop()
+	go func() {
+		conn := connectPinned(t, ctx, s.Admin)
+		defer conn.Close(ctx)
+		for wctx.Err() == nil {
+			conn.Exec(wctx, `INSERT INTO events (tenant_id, kind, payload) SELECT 2, 'wal', repeat('x', 500) FROM generate_series(1, 20)`)
+		}
+	}()
+	code, out, stderr := runCLI(t, "promote", "--source", s.Mover, "--target", d.Mover, "--tenant", "1", "--dry-run", "--max-retained-wal", "1B")
+	if code != 1 || !strings.Contains(out, "past --max-retained-wal 1B") || !strings.Contains(out, "at the source's current WAL rate") {
+		t.Errorf("dry run with a 1-byte budget under writes exited %d:\n%s\n%s", code, out, stderr)
 	}
 }
