@@ -10,6 +10,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	"github.com/spf13/pflag"
+	"golang.org/x/sync/errgroup"
 
 	"github.com/promoted/promoted"
 	"github.com/promoted/promoted/schema"
@@ -153,6 +154,10 @@ type Cutover struct {
 	// there, so the reverse stream starts before the tenant's first write
 	// at its new place. An error stops the cutover (fence disarmed).
 	BeforeFlip func(ctx context.Context, src *pgx.Conn) error
+	// SrcAux and DstAux, when both set, are second sessions on each side,
+	// opened before the fence: the drift check and the sequences then run
+	// on them beside the check under the fence, not after it.
+	SrcAux, DstAux *pgx.Conn
 }
 
 // New makes a cutover over open connections; it owns none of them.
@@ -221,38 +226,31 @@ func (c *Cutover) Run(ctx context.Context, mv Move, sink Drainer, lag int64) (*S
 	if c.Hooks.AfterDrain != nil {
 		c.Hooks.AfterDrain()
 	}
-	if c.Drift != nil {
-		if err := c.Drift(dctx, c.src); err != nil {
-			return nil, fmt.Errorf("under the fence: %w; the fence is disarmed and the catalog unchanged", err)
-		}
-		step("drift")
+	// The drift check and the sequences need no result of the check:
+	// with second sessions they run beside it, and the fence lasts as
+	// long as the longer of the two instead of their sum.
+	aux := c.SrcAux != nil && c.DstAux != nil
+	var side errgroup.Group
+	if aux {
+		side.Go(func() error { return c.driftAndSequences(dctx, mv, c.SrcAux, c.DstAux, step) })
 	}
-	if !c.cfg.SkipVerify {
-		check := c.Check
-		if check == nil {
-			check = func(ctx context.Context, src, dst *pgx.Conn) (*verify.Result, error) {
-				return verify.Compare(ctx, src, dst, mv.Tables, verify.Options{})
-			}
+	verr := c.verify(dctx, mv, sum)
+	serr := side.Wait()
+	if verr != nil {
+		if sum.Verify != nil {
+			return sum, verr
 		}
-		res, err := check(dctx, c.src, c.dst)
-		if err != nil {
-			return nil, fmt.Errorf("verify under the fence: %w", err)
-		}
-		sum.Verify = res
-		if !res.Equal() {
-			return sum, fmt.Errorf("the target differs from the source under the fence, so the catalog was not flipped: %s", strings.ReplaceAll(res.Summary(), "\n", "; "))
-		}
+		return nil, verr
 	}
 	step("verified")
-	if mv.Pooled {
-		err = SyncPooledSequences(dctx, c.src, c.dst, mv.Sequences)
-	} else {
-		err = SyncSequences(dctx, c.src, c.dst, mv.Sequences, true)
+	if serr != nil {
+		return nil, serr
 	}
-	if err != nil {
-		return nil, err
+	if !aux {
+		if err := c.driftAndSequences(dctx, mv, c.src, c.dst, step); err != nil {
+			return nil, err
+		}
 	}
-	step("sequences")
 	// The triggers are checked again just before the flip: the fence
 	// must still hold while the catalog moves.
 	if err := checkTriggers(dctx, c.src, mv.Tables); err != nil {
@@ -300,6 +298,51 @@ func (c *Cutover) Run(ctx context.Context, mv Move, sink Drainer, lag int64) (*S
 		c.Hooks.AfterFlip()
 	}
 	return sum, nil
+}
+
+// verify runs the check under the fence (unless --skip-verify), recording
+// its result in sum.
+func (c *Cutover) verify(ctx context.Context, mv Move, sum *Summary) error {
+	if c.cfg.SkipVerify {
+		return nil
+	}
+	check := c.Check
+	if check == nil {
+		check = func(ctx context.Context, src, dst *pgx.Conn) (*verify.Result, error) {
+			return verify.Compare(ctx, src, dst, mv.Tables, verify.Options{})
+		}
+	}
+	res, err := check(ctx, c.src, c.dst)
+	if err != nil {
+		return fmt.Errorf("verify under the fence: %w", err)
+	}
+	sum.Verify = res
+	if !res.Equal() {
+		return fmt.Errorf("the target differs from the source under the fence, so the catalog was not flipped: %s", strings.ReplaceAll(res.Summary(), "\n", "; "))
+	}
+	return nil
+}
+
+// driftAndSequences compares the source's definitions with the plan's and
+// sets the target's sequences past the source's, under the fence.
+func (c *Cutover) driftAndSequences(ctx context.Context, mv Move, src, dst *pgx.Conn, step func(string)) error {
+	if c.Drift != nil {
+		if err := c.Drift(ctx, src); err != nil {
+			return fmt.Errorf("under the fence: %w; the fence is disarmed and the catalog unchanged", err)
+		}
+		step("drift")
+	}
+	var err error
+	if mv.Pooled {
+		err = SyncPooledSequences(ctx, src, dst, mv.Sequences)
+	} else {
+		err = SyncSequences(ctx, src, dst, mv.Sequences, true)
+	}
+	if err != nil {
+		return err
+	}
+	step("sequences")
+	return nil
 }
 
 // disarm removes the fence after a failed cutover: on the cutover's own

@@ -185,6 +185,18 @@ func (j *Job) cutover(ctx context.Context, st *stream.Stream, sink *apply.Postgr
 		return err
 	}
 	defer dst.Close(context.Background())
+	// Second sessions, opened before the fence, so the drift check and the
+	// sequences run beside the check under it.
+	srcAux, err := db.Open(ctx, db.Source, j.cfg.SourceDSN, "promoted-cutover")
+	if err != nil {
+		return err
+	}
+	defer srcAux.Close(context.Background())
+	dstAux, err := db.Open(ctx, db.Target, j.cfg.TargetDSN, "promoted-cutover")
+	if err != nil {
+		return err
+	}
+	defer dstAux.Close(context.Background())
 	if err := state.SetJobPhase(ctx, src, j.ID, state.PhaseArmed, "", nil); err != nil {
 		return err
 	}
@@ -196,6 +208,7 @@ func (j *Job) cutover(ctx context.Context, st *stream.Stream, sink *apply.Postgr
 	}
 	c.Hooks = j.Hooks.Cutover
 	c.Check = check
+	c.SrcAux, c.DstAux = srcAux, dstAux
 	if reverse {
 		c.BeforeFlip = func(ctx context.Context, src *pgx.Conn) error { return j.markReverse(ctx, src, dst) }
 	}
