@@ -162,7 +162,7 @@ type Cutover struct {
 
 // New makes a cutover over open connections; it owns none of them.
 func New(cfg Config, src, dst *pgx.Conn, catalog *state.Catalog, tenant string, log *slog.Logger) *Cutover {
-	return &Cutover{cfg: cfg, src: src, dst: dst, catalog: catalog, log: log, m: newMetrics(tenant)}
+	return &Cutover{cfg: cfg, src: src, dst: dst, catalog: catalog, log: log, m: newMetrics(tenant, cfg.Timeout)}
 }
 
 // Run arms the fence, waits out older transactions, writes the marker,
@@ -184,6 +184,7 @@ func (c *Cutover) Run(ctx context.Context, mv Move, sink Drainer, lag int64) (*S
 		return nil, err
 	}
 	c.m.attempts.Inc()
+	c.m.armedAt.Set(float64(start.UnixNano()) / 1e9) // this host's clock, as blocked_seconds
 	c.log.Info("fence armed", "lag_bytes", lag)
 	flipped, unknown := false, false
 	defer func() {
@@ -194,6 +195,7 @@ func (c *Cutover) Run(ctx context.Context, mv Move, sink Drainer, lag int64) (*S
 			c.log.Error("disarm fence after a failed cutover: the tenant's writes stay fenced until `promoted cancel` or a rerun", "err", err)
 			return
 		}
+		c.m.armedAt.Set(0)
 		c.m.aborted.Inc()
 		c.log.Warn("fence disarmed: the source stays authoritative", "fenced_ms", time.Since(start).Milliseconds())
 	}()
@@ -291,6 +293,7 @@ func (c *Cutover) Run(ctx context.Context, mv Move, sink Drainer, lag int64) (*S
 		return nil, err
 	}
 	flipped = true
+	c.m.armedAt.Set(0)
 	sum.Blocked = time.Since(start)
 	c.m.blocked.Observe(sum.Blocked.Seconds())
 	c.log.Info("catalog flipped", "version", sum.Version, "location", c.cfg.Location, "blocked_ms", sum.Blocked.Milliseconds())

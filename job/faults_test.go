@@ -93,6 +93,27 @@ func retriesOf(t *testing.T, j *Job) float64 {
 	return m.GetCounter().GetValue()
 }
 
+// gathered reads tenant 1's sample of a gauge or counter from the registry
+// /metrics serves, which holds the cutover's metrics too.
+func gathered(t *testing.T, name string) float64 {
+	t.Helper()
+	families, err := prometheus.DefaultGatherer.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range families {
+		for _, m := range f.GetMetric() {
+			for _, l := range m.GetLabel() {
+				if f.GetName() == name && l.GetName() == "tenant" && l.GetValue() == "1" {
+					return m.GetGauge().GetValue() + m.GetCounter().GetValue()
+				}
+			}
+		}
+	}
+	t.Fatalf("no %s{tenant=\"1\"} in the registry", name)
+	return 0
+}
+
 // streaming starts the move and waits for its catch-up.
 func (f *faulty) streaming(t *testing.T) (*Job, func() error) {
 	t.Helper()
@@ -331,6 +352,10 @@ func TestRetainedWALBudget(t *testing.T) {
 	f.cfg.MaxRetainedWAL = 2 << 20
 	f.cfg.ProgressInterval = 200 * time.Millisecond
 	j, _ := f.streaming(t)
+	if b := gathered(t, "promoted_job_retained_wal_budget_bytes"); b != 2<<20 {
+		t.Errorf("promoted_job_retained_wal_budget_bytes is %v, want --max-retained-wal %d", b, 2<<20)
+	}
+	failed := gathered(t, "promoted_job_failures_total")
 	hold := connectPinned(t, ctx, f.dst.Admin)
 	defer hold.Close(ctx)
 	if _, err := hold.Exec(ctx, `BEGIN; SELECT 1 FROM promoted.progress FOR UPDATE`); err != nil {
@@ -349,6 +374,9 @@ func TestRetainedWALBudget(t *testing.T) {
 		t.Fatalf("the move stopped with %v, want the budget named and the way out", err)
 	}
 	t.Logf("stopped with: %v", err)
+	if n := gathered(t, "promoted_job_failures_total"); n != failed+1 {
+		t.Errorf("promoted_job_failures_total went from %v to %v, want one more", failed, n)
+	}
 	if n := queryOne[int64](t, ctx, f.src.Admin, `SELECT count(*) FROM pg_replication_slots WHERE database = current_database()`); n != 0 {
 		t.Fatalf("%d slots left after the budget was exceeded", n)
 	}

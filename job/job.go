@@ -116,7 +116,7 @@ func New(cfg Config, log *slog.Logger) (*Job, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
-	j := &Job{cfg: cfg, log: log.With("tenant", cfg.Tenant), m: newMetrics(cfg.Tenant), verifying: make(chan struct{}, 1)}
+	j := &Job{cfg: cfg, log: log.With("tenant", cfg.Tenant), m: newMetrics(cfg.Tenant, cfg.MaxRetainedWAL), verifying: make(chan struct{}, 1)}
 	j.phase.Store("plan")
 	return j, nil
 }
@@ -196,6 +196,10 @@ func (j *Job) Run(ctx context.Context) error {
 		// Stopped on purpose before anything was left half-done: the
 		// statement the stop cancelled is not a failure.
 		return nil
+	}
+	if err != nil && !j.cfg.DryRun {
+		// A dry run's refusal is its answer, not a failed move.
+		j.m.failures.Inc()
 	}
 	return err
 }

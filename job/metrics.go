@@ -18,14 +18,24 @@ var (
 	stalledSeconds = promauto.NewGaugeVec(prometheus.GaugeOpts{
 		Name: "promoted_job_apply_stalled_seconds", Help: "How long the target has applied nothing while behind the source (0 while it advances or is caught up).",
 	}, []string{"tenant"})
+	retainedBudget = promauto.NewGaugeVec(prometheus.GaugeOpts{
+		Name: "promoted_job_retained_wal_budget_bytes", Help: "--max-retained-wal: past it the move's slot is dropped and the move stops.",
+	}, []string{"tenant"})
+	failures = promauto.NewCounterVec(prometheus.CounterOpts{
+		Name: "promoted_job_failures_total", Help: "Moves that stopped with an error, not a stop asked for (the CLI then exits).",
+	}, []string{"tenant"})
 )
 
 type metrics struct {
 	lag, stalled, retained prometheus.Gauge
-	retries                prometheus.Counter
+	retries, failures      prometheus.Counter
 }
 
-func newMetrics(tenant string) *metrics {
+// newMetrics binds the tenant's metrics and publishes its retained-WAL
+// budget, so an alert can compare the retained WAL with it.
+func newMetrics(tenant string, budget ByteSize) *metrics {
+	retainedBudget.WithLabelValues(tenant).Set(float64(budget))
 	return &metrics{lag: lagBytes.WithLabelValues(tenant), stalled: stalledSeconds.WithLabelValues(tenant),
-		retained: retainedBytes.WithLabelValues(tenant), retries: retries.WithLabelValues(tenant)}
+		retained: retainedBytes.WithLabelValues(tenant), retries: retries.WithLabelValues(tenant),
+		failures: failures.WithLabelValues(tenant)}
 }

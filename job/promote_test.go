@@ -217,8 +217,11 @@ func TestCutoverTimeoutDisarms(t *testing.T) {
 	hold := connectPinned(t, ctx, p.dstDSN)
 	defer hold.Close(ctx)
 	var once sync.Once
+	var armedAt float64
+	failed := gathered(t, "promoted_job_failures_total")
 	p.job.Hooks.Cutover.AfterArm = func() {
 		once.Do(func() {
+			armedAt = gathered(t, "promoted_cutover_fence_armed_timestamp_seconds")
 			// The apply's next commit updates this row: it waits.
 			if _, err := hold.Exec(ctx, `BEGIN; SELECT 1 FROM promoted.progress FOR UPDATE`); err != nil {
 				t.Error(err)
@@ -231,6 +234,18 @@ func TestCutoverTimeoutDisarms(t *testing.T) {
 		t.Fatalf("promote returned %v, want a cutover timeout", err)
 	}
 	t.Logf("error: %v", err)
+	if now := float64(time.Now().Unix()); armedAt < now-60 || armedAt > now {
+		t.Errorf("promoted_cutover_fence_armed_timestamp_seconds was %v while armed, want about %v", armedAt, now)
+	}
+	if v := gathered(t, "promoted_cutover_fence_armed_timestamp_seconds"); v != 0 {
+		t.Errorf("promoted_cutover_fence_armed_timestamp_seconds is %v after the disarm, want 0", v)
+	}
+	if v := gathered(t, "promoted_cutover_timeout_seconds"); v != 0.7 {
+		t.Errorf("promoted_cutover_timeout_seconds is %v, want 0.7", v)
+	}
+	if n := gathered(t, "promoted_job_failures_total"); n != failed+1 {
+		t.Errorf("promoted_job_failures_total went from %v to %v, want one more", failed, n)
+	}
 	s := connectPinned(t, ctx, p.srcDSN)
 	defer s.Close(ctx)
 	var fences, version int
