@@ -136,7 +136,14 @@ type Writer struct {
 	mu     sync.Mutex
 	ledger []string
 	seq    int
+	// load numbers the Load call that made the writer: a ledger email is
+	// unique across loads, so an insert that committed as its writer was
+	// stopped (never acknowledged) cannot pass for a later load's write.
+	load int64
 }
+
+// loads counts Load calls, for unique ledger emails.
+var loads atomic.Int64
 
 // Ledger returns the emails of the customers this writer inserted and saw
 // acknowledged: each must be found wherever the tenant ends up.
@@ -193,7 +200,7 @@ func (w *Writer) step(ctx context.Context, pool *pgxpool.Pool, r *rand.Rand) err
 	case 10: // a customer whose acknowledgement the test checks at the end
 		w.mu.Lock()
 		w.seq++
-		email := fmt.Sprintf("ledger-%d-%d-%d@example.com", tn, w.ID, w.seq)
+		email := fmt.Sprintf("ledger-%d-%d-%d-%d@example.com", tn, w.load, w.ID, w.seq)
 		w.mu.Unlock()
 		if _, err := pool.Exec(ctx, `INSERT INTO customers (tenant_id, email) VALUES ($1, $2)`, tn, email); err != nil {
 			return err
@@ -267,9 +274,10 @@ func LoadRouted(ctx context.Context, dsn string, tenants []int, perTenant int, r
 	wctx, cancel := context.WithCancel(ctx)
 	var wg sync.WaitGroup
 	var ws []*Writer
+	load := loads.Add(1)
 	for i, tn := range tenants {
 		for j := 0; j < perTenant; j++ {
-			w := &Writer{Tenant: tn, ID: len(ws), Router: router}
+			w := &Writer{Tenant: tn, ID: len(ws), Router: router, load: load}
 			ws = append(ws, w)
 			wg.Add(1)
 			go func(seed uint64) { defer wg.Done(); w.Run(wctx, pool, seed) }(uint64(i*100 + j))
