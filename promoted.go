@@ -208,8 +208,12 @@ type Change struct {
 // Txn is one source transaction of the tenant, in commit order, or a leading
 // part of a large one.
 type Txn struct {
-	Xid        uint32
-	FinalLSN   LSN // LSN of the commit record (Begin.FinalLSN)
+	Xid      uint32
+	FinalLSN LSN // LSN of the commit record (Begin.FinalLSN)
+	// BeginLSN is where the walsender placed the transaction's BEGIN
+	// message: Debezium's transaction id is "xid:BeginLSN" in the BEGIN
+	// record of the transaction metadata topic.
+	BeginLSN   LSN
 	EndLSN     LSN // end of the commit record: the resume and acknowledge point
 	CommitTime time.Time
 	Changes    []Change

@@ -64,6 +64,14 @@ func (c *EndConfig) Validate() error {
 		if dsn == "" {
 			continue
 		}
+		if side == db.Target && strings.HasPrefix(dsn, "kafka://") {
+			// A Kafka replica's sink, naming which of the tenant's moves
+			// to end; its topics are the consumers', never deleted here.
+			if c.DropTarget {
+				return usage(errors.New("--drop-target with a Kafka replica's --target: promoted never deletes topics; delete them with your Kafka tools"))
+			}
+			continue
+		}
 		if _, err := db.ParseDSN(side, dsn); err != nil {
 			return usage(err)
 		}
@@ -118,7 +126,10 @@ func findMove(ctx context.Context, src *pgx.Conn, c *EndConfig) (*state.Job, err
 	if err != nil {
 		return nil, err
 	}
-	var rec *state.Job
+	var (
+		rec     *state.Job
+		actives []*state.Job
+	)
 	for _, j := range jobs {
 		if j.Schema != c.Schema {
 			continue
@@ -132,9 +143,27 @@ func findMove(ctx context.Context, src *pgx.Conn, c *EndConfig) (*state.Job, err
 		}
 		// The active move of the tenant, else its latest ended one: a
 		// tenant may have been replicated and cancelled before.
-		if tenant == j.Tenant && (rec == nil || !rec.Active() && j.Active()) {
+		if tenant != j.Tenant {
+			continue
+		}
+		if j.Active() && (c.TargetDSN == "" || j.Target == db.Redact(c.TargetDSN) || j.Target == c.TargetDSN) {
+			actives = append(actives, j)
+		}
+		if rec == nil || !rec.Active() && j.Active() {
 			rec = j
 		}
+	}
+	switch {
+	case len(actives) == 1:
+		rec = actives[0]
+	case len(actives) > 1:
+		// Several moves of the tenant under way (a promotion beside a
+		// Kafka replica, say): never guess which one to end.
+		names := make([]string, len(actives))
+		for i, a := range actives {
+			names[i] = a.Kind + " into " + a.Target
+		}
+		return nil, fmt.Errorf("tenant %s has %d moves under way out of schema %s (%s): pass --target with the target of the one to end", c.Tenant, len(actives), c.Schema, strings.Join(names, "; "))
 	}
 	if rec == nil {
 		return nil, fmt.Errorf("no move of tenant %s out of schema %s is recorded on this source, so there is nothing to end: check --tenant and --schema (`promoted status --source ...` lists the moves)", c.Tenant, c.Schema)

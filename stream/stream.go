@@ -417,7 +417,7 @@ func (s *Stream) receive(ctx context.Context, start promoted.LSN, sink promoted.
 				// point was applied before the restart (docs/hazards.md 5.5).
 				skip = m.FinalLSN < start
 				parts = false
-				txn = &promoted.Txn{Xid: m.Xid, FinalLSN: m.FinalLSN, CommitTime: m.CommitTime}
+				txn = &promoted.Txn{Xid: m.Xid, FinalLSN: m.FinalLSN, BeginLSN: xld.WALStart, CommitTime: m.CommitTime}
 				if !skip && len(s.pendRel) > 0 {
 					txn.Changes, s.pendRel = s.pendRel, nil
 				}

@@ -33,6 +33,8 @@ type recorder struct {
 	durable atomic.Uint64
 	// parts is every Txn handed over, as xid/partial/changes.
 	parts []part
+	// begins is each Txn's BeginLSN.
+	begins []promoted.LSN
 }
 
 type part struct {
@@ -45,6 +47,7 @@ func (r *recorder) Apply(_ context.Context, t *promoted.Txn) error {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	r.parts = append(r.parts, part{t.Xid, t.Partial, len(t.Changes)})
+	r.begins = append(r.begins, t.BeginLSN)
 	r.pending = append(r.pending, t.Changes...)
 	if !t.Partial {
 		r.pendEnd = t.EndLSN
@@ -218,6 +221,26 @@ func TestDaemonFilterTransitions(t *testing.T) {
 	want := []string{"insert~ 7/1/1", "update~ 7/1/2", "update~ 7/2/1", "delete~ key 1", "delete~ key 1", "delete~ key 2"}
 	if strings.Join(got, "; ") != strings.Join(want, "; ") {
 		t.Fatalf("changes:\n got %q\nwant %q", got, want)
+	}
+}
+
+// TestBeginLSNIsTheBeginMessages: a transaction's BeginLSN is where the
+// walsender put its BEGIN (Debezium's transaction id carries it), before
+// its first change, even when that change is another tenant's row the
+// daemon filtered out.
+func TestBeginLSNIsTheBeginMessages(t *testing.T) {
+	f := setup(t, false)
+	mustExec(t, f.conn, `BEGIN; INSERT INTO ev VALUES (8, 1, 1, 'other'); INSERT INTO ev VALUES (7, 2, 1, 'mine'); COMMIT`)
+	rec := &recorder{}
+	if err := f.run(t, rec, count(1)); err != nil {
+		t.Fatal(err)
+	}
+	got := rec.got()
+	if len(got) != 1 || len(rec.begins) == 0 {
+		t.Fatalf("got %d changes in %d transactions, want the tenant's one", len(got), len(rec.begins))
+	}
+	if b := rec.begins[len(rec.begins)-1]; b == 0 || b >= got[0].LSN {
+		t.Fatalf("BeginLSN %s, first change of the tenant at %s: want the BEGIN's position, before the other tenant's row", b, got[0].LSN)
 	}
 }
 

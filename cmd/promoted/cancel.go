@@ -46,7 +46,7 @@ func parseEnd(name string, args []string, extra func(*flagGroups, *job.EndConfig
 // --drop-target.
 func cancel(ctx context.Context, args []string) error {
 	cfg, log, err := parseEnd("cancel", args, func(g *flagGroups, cfg *job.EndConfig) {
-		g.Connections.StringVar(&cfg.TargetDSN, "target", "", "target database connection string (needed with --drop-target, and to cancel a demotion: its demoted rows are deleted from the pooled tables)")
+		g.Connections.StringVar(&cfg.TargetDSN, "target", "", "target database connection string (needed with --drop-target, to cancel a demotion: its demoted rows are deleted from the pooled tables, and to choose among moves of the tenant under way at once: a replica's kafka://... too)")
 		g.Move.BoolVar(&cfg.DropTarget, "drop-target", false, "drop what the move created on the target (tables it did not create keep everything but the tenant's rows)")
 	})
 	if err != nil {
