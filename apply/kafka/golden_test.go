@@ -196,7 +196,7 @@ func golden(t *testing.T, name, got string) {
 	}
 }
 
-func startKafka(t *testing.T) *testenv.Kafka {
+func startKafka(t testing.TB) *testenv.Kafka {
 	t.Helper()
 	k, err := testenv.StartKafka(context.Background())
 	if err != nil {
@@ -206,7 +206,7 @@ func startKafka(t *testing.T) *testenv.Kafka {
 	return k
 }
 
-func newSink(t *testing.T, cfg Config, src *srcDB) *Sink {
+func newSink(t testing.TB, cfg Config, src *srcDB) *Sink {
 	t.Helper()
 	s, err := New(cfg, src.tables, src.types, quiet)
 	if err != nil {
