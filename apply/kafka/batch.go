@@ -67,6 +67,10 @@ type recordSet struct {
 	count int
 	first int // the batch-wide index of its first record
 	kv    int // key and value bytes, for the metrics
+	// crc is the CRC-32C of the records so far, computed as each is
+	// appended (while its bytes are in the cache) and combined with the
+	// header's by finish.
+	crc uint32
 }
 
 // Record batch v2 header offsets, after the 4-byte size of the set.
@@ -118,6 +122,7 @@ func recordLen(offsetDelta int, key, head, value []byte, tomb bool, headers []ka
 
 // append adds a record of body length n (recordLen).
 func (rs *recordSet) append(n int, key, head, value []byte, tomb bool, headers []kafkago.Header) {
+	start := len(rs.buf)
 	b := binary.AppendVarint(rs.buf, int64(n))
 	b = append(b, 0, 0) // attributes, timestamp delta
 	b = binary.AppendVarint(b, int64(rs.count))
@@ -141,6 +146,7 @@ func (rs *recordSet) append(n int, key, head, value []byte, tomb bool, headers [
 	rs.buf = b
 	rs.count++
 	rs.kv += len(key)
+	rs.crc = crc32.Update(rs.crc, castagnoli, b[start:])
 }
 
 // finish completes the header: sizes, count, the timestamps (the time of
@@ -154,7 +160,62 @@ func (rs *recordSet) finish(now time.Time) {
 	binary.BigEndian.PutUint64(b[offFirstTS:], ts)
 	binary.BigEndian.PutUint64(b[offMaxTS:], ts)
 	binary.BigEndian.PutUint32(b[offCount:], uint32(rs.count))
-	binary.BigEndian.PutUint32(b[offCRC:], crc32.Checksum(b[offAttributes:], castagnoli))
+	records := setSize + batchHeaderLen
+	crc := crc32Combine(crc32.Checksum(b[offAttributes:records], castagnoli), rs.crc, len(b)-records)
+	binary.BigEndian.PutUint32(b[offCRC:], crc)
+}
+
+// crc32Combine is zlib's crc32_combine for CRC-32C: the CRC of a
+// sequence of bytes from the CRCs of its two parts and the length of the
+// second (an operator for len2 zero bits, applied by repeated squaring).
+func crc32Combine(crc1, crc2 uint32, len2 int) uint32 {
+	if len2 <= 0 {
+		return crc1
+	}
+	var even, odd [32]uint32
+	odd[0] = castagnoliReversed
+	row := uint32(1)
+	for n := 1; n < 32; n++ {
+		odd[n] = row
+		row <<= 1
+	}
+	gf2Square(&even, &odd) // two zero bits
+	gf2Square(&odd, &even) // four zero bits
+	for {
+		gf2Square(&even, &odd)
+		if len2&1 != 0 {
+			crc1 = gf2Times(&even, crc1)
+		}
+		if len2 >>= 1; len2 == 0 {
+			break
+		}
+		gf2Square(&odd, &even)
+		if len2&1 != 0 {
+			crc1 = gf2Times(&odd, crc1)
+		}
+		if len2 >>= 1; len2 == 0 {
+			break
+		}
+	}
+	return crc1 ^ crc2
+}
+
+const castagnoliReversed = 0x82f63b78
+
+func gf2Times(mat *[32]uint32, vec uint32) uint32 {
+	var sum uint32
+	for i := 0; vec != 0; i, vec = i+1, vec>>1 {
+		if vec&1 != 0 {
+			sum ^= mat[i]
+		}
+	}
+	return sum
+}
+
+func gf2Square(square, mat *[32]uint32) {
+	for n := range mat {
+		square[n] = gf2Times(mat, mat[n])
+	}
 }
 
 func varintLen(v int64) int {

@@ -2,6 +2,7 @@ package kafka
 
 import (
 	"context"
+	"hash/crc32"
 	"math"
 	"math/big"
 	"math/rand/v2"
@@ -265,6 +266,26 @@ func TestKafkaShortDecimal(t *testing.T) {
 			}
 			if !ok && text == "-10.50" && (c.conv == convVarDecimal || c.scale >= 2) {
 				t.Errorf("conv %d scale %d %q: the int64 path refused it", c.conv, c.scale, text)
+			}
+		}
+	}
+}
+
+// TestKafkaCRCCombine checks the CRC-32C of a record set assembled from
+// its parts against the CRC of the whole.
+func TestKafkaCRCCombine(t *testing.T) {
+	rng := rand.New(rand.NewPCG(3, 4))
+	tab := crc32.MakeTable(crc32.Castagnoli)
+	for _, n := range []int{0, 1, 7, 40, 61, 1000, 65536, 1 << 20} {
+		data := make([]byte, n+40)
+		for i := range data {
+			data[i] = byte(rng.IntN(256))
+		}
+		for _, cut := range []int{0, 1, 40, len(data)} {
+			a, b := data[:cut], data[cut:]
+			got := crc32Combine(crc32.Checksum(a, tab), crc32.Checksum(b, tab), len(b))
+			if want := crc32.Checksum(data, tab); got != want {
+				t.Errorf("%d bytes cut at %d: combined %08x, want %08x", len(data), cut, got, want)
 			}
 		}
 	}
