@@ -12,8 +12,9 @@ import (
 )
 
 // The sink encodes records straight into Kafka's wire format (record
-// batch v2, uncompressed, as kafka-go's writer would send them) and hands
-// each partition's record sets to kafka-go as raw produce requests. Going
+// batch v2, uncompressed, as kafka-go's writer would send them; brokers
+// since 0.11 take it) and hands each partition's record sets to kafka-go
+// as raw produce requests. Going
 // through kafka-go's Message and writer cost an allocation per record, a
 // per-record reflective encoding and a copy of every value (whose schema
 // part is most of its bytes), which made encoding and its garbage half of
@@ -39,6 +40,8 @@ type batch struct {
 	mu      sync.Mutex
 	settled int // marks already made durable
 }
+
+func newBatch() *batch { return &batch{byPart: map[partKey]*partRecs{}} }
 
 // mark says that once the batch's first upto records are acknowledged,
 // the transaction ending at end is durable.

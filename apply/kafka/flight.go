@@ -40,8 +40,6 @@ type flight struct {
 	start  time.Time
 }
 
-func newBatch() *batch { return &batch{byPart: map[partKey]*partRecs{}} }
-
 // handoff starts writing the current batch, once the previous one is
 // acknowledged, and starts a new one for the records that follow. The
 // batch's partitions are written by goroutines of the flight's errgroup,
@@ -118,7 +116,7 @@ func (s *Sink) send(ctx context.Context, f *flight, p *partRecs) error {
 }
 
 // produce sends one record set with acks=all, retrying as kafka-go's
-// writer does (up to --kafka attempts, on temporary and transient network
+// writer does (s.attempts tries, on temporary and transient network
 // errors, with the same backoff). clean says it took one attempt.
 func (s *Sink) produce(ctx context.Context, topic string, partition int, rs *recordSet) (clean bool, err error) {
 	for attempt := 0; attempt < s.attempts; attempt++ {
