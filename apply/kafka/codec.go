@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"strconv"
 	"strings"
+	"unsafe"
 )
 
 // A codec turns one column's PostgreSQL text into the JSON Kafka Connect's
@@ -302,8 +303,10 @@ func nameUUIDFromBytes(b []byte) string {
 func (c *codec) appendText(b []byte, text []byte) ([]byte, error) {
 	switch c.conv {
 	case convInt:
-		if _, err := strconv.ParseInt(string(text), 10, 64); err != nil {
-			return b, fmt.Errorf("%q is not an integer", text)
+		if !shortInt(text) {
+			if _, err := strconv.ParseInt(string(text), 10, 64); err != nil {
+				return b, fmt.Errorf("%q is not an integer", text)
+			}
 		}
 		return append(b, text...), nil
 	case convFloat32, convFloat64:
@@ -357,7 +360,13 @@ func (c *codec) appendText(b []byte, text []byte) ([]byte, error) {
 		}
 		return append(b, ']'), nil
 	}
-	return c.appendTemporalOrNumeric(b, string(text))
+	if out, ok := c.appendShortDecimal(b, text); ok {
+		return out, nil
+	}
+	// The text as a string without a copy: the conversions only read it
+	// during the call (errors quote it into messages of their own), and a
+	// row's bytes never change.
+	return c.appendTemporalOrNumeric(b, unsafe.String(unsafe.SliceData(text), len(text)))
 }
 
 // decodeBytea reads bytea's hex output (bytea_output is pinned to hex).

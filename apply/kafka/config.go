@@ -47,8 +47,9 @@ type Config struct {
 	BatchBytes int
 	// BatchRecords bounds the records of one produce request.
 	BatchRecords int
-	// FlushBytes makes Apply write what it holds once it holds this much,
-	// without waiting for Flush.
+	// FlushBytes makes Apply hand what it encoded to the broker once it
+	// holds this much, without waiting for Flush, and encode on while that
+	// is written: about twice this much is held at most.
 	FlushBytes int
 	// Timeout bounds one produce or metadata round trip.
 	Timeout time.Duration

@@ -220,11 +220,12 @@ func appendJavaYear(b []byte, y int64) []byte {
 		b = append(b, '-')
 		y = -y
 	}
-	s := strconv.FormatInt(y, 10)
-	for i := len(s); i < 4; i++ {
+	var buf [20]byte
+	d := strconv.AppendInt(buf[:0], y, 10)
+	for i := len(d); i < 4; i++ {
 		b = append(b, '0')
 	}
-	return append(b, s...)
+	return append(b, d...)
 }
 
 func append2(b []byte, v int64) []byte {

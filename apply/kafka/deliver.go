@@ -2,6 +2,7 @@ package kafka
 
 import (
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"strconv"
@@ -14,11 +15,12 @@ import (
 
 // Delivery. Records go to their partition by murmur2 of the key, as
 // Kafka's Java producer's default partitioner does, so a consumer of a
-// Debezium topic finds each key where it expects it. A flush writes the
-// buffer in rounds of at most one produce request per partition and stops
-// at the first failed round: a partition then holds a prefix of its
-// records, never a record after a missing one, which is what lets Resume
-// read only the last record of each partition.
+// Debezium topic finds each key where it expects it. Each partition's
+// records are written in order, one produce request at a time, and a
+// partition's writing stops at its first failed request: a partition then
+// holds a prefix of its records, never a record after a missing one, which
+// is what lets Resume read only the last record of each partition
+// (flight.go).
 
 // positionHeader carries a record's position (commit LSN, change LSN,
 // order within the change), for Resume.
@@ -46,8 +48,14 @@ func (p Position) Less(q Position) bool {
 
 // String is the position as its record header carries it:
 // "commit/lsn/sub" in decimal.
-func (p Position) String() string {
-	return strconv.FormatUint(uint64(p.Commit), 10) + "/" + strconv.FormatUint(uint64(p.LSN), 10) + "/" + strconv.Itoa(p.Sub)
+func (p Position) String() string { return string(p.append(nil)) }
+
+func (p Position) append(b []byte) []byte {
+	b = strconv.AppendUint(b, uint64(p.Commit), 10)
+	b = append(b, '/')
+	b = strconv.AppendUint(b, uint64(p.LSN), 10)
+	b = append(b, '/')
+	return strconv.AppendInt(b, int64(p.Sub), 10)
 }
 
 func parsePosition(s string) (Position, error) {
@@ -58,21 +66,6 @@ func parsePosition(s string) (Position, error) {
 	}
 	p.Commit, p.LSN = promoted.LSN(c), promoted.LSN(l)
 	return p, nil
-}
-
-// assigned is the writer's balancer: the sink has already chosen each
-// record's partition (murmur2 of the key, or 0 for heartbeats).
-type assigned struct{}
-
-// Balance returns the partition the sink chose, falling back to murmur2
-// should the topic have fewer partitions than the sink saw.
-func (assigned) Balance(msg kafkago.Message, partitions ...int) int {
-	for _, p := range partitions {
-		if p == msg.Partition {
-			return p
-		}
-	}
-	return partitions[int(murmur2(msg.Key)&0x7fffffff)%len(partitions)]
 }
 
 // murmur2 is Kafka's Utils.murmur2 (the Java client's default
@@ -86,7 +79,7 @@ func murmur2(data []byte) uint32 {
 	n := len(data)
 	h := seed ^ uint32(n)
 	for i := 0; i+4 <= n; i += 4 {
-		k := uint32(data[i]) | uint32(data[i+1])<<8 | uint32(data[i+2])<<16 | uint32(data[i+3])<<24
+		k := binary.LittleEndian.Uint32(data[i:])
 		k *= m
 		k ^= k >> r
 		k *= m
@@ -117,38 +110,82 @@ func PartitionFor(key []byte, partitions int) int {
 	return int(murmur2(key)&0x7fffffff) % partitions
 }
 
-// add places a record in its partition and buffers it, unless Resume
-// found it already delivered.
-func (s *Sink) add(ctx context.Context, r record, pos *Position) error {
+// record is one record for add: its value is head (a table's schema
+// part, or nil) then value; a nil value is a tombstone.
+type record struct {
+	topic string
+	// partition -1 sends the record to partition 0 (heartbeats); else the
+	// key chooses.
+	partition   int
+	key         []byte
+	head, value []byte
+	headers     []kafkago.Header
+}
+
+// add places a record in its partition and encodes it into the current
+// batch, unless Resume found it already delivered. The record's bytes are
+// copied: the caller may reuse them.
+func (s *Sink) add(ctx context.Context, r *record, pos *Position) error {
 	n, err := s.partitionCount(ctx, r.topic)
 	if err != nil {
 		return err
 	}
-	if r.partition < 0 {
-		r.partition = 0
-	} else {
-		r.partition = PartitionFor(r.key, n)
+	p := 0
+	if r.partition >= 0 {
+		p = PartitionFor(r.key, n)
 	}
+	hs := append(s.hdrs[:0], r.headers...)
 	if pos != nil {
-		if d, ok := s.delivered[r.topic][r.partition]; ok && !d.Less(*pos) {
+		if d, ok := s.delivered[r.topic][p]; ok && !d.Less(*pos) {
 			return nil
 		}
-		r.headers = append(r.headers, kafkago.Header{Key: positionHeader, Value: []byte(pos.String())})
+		s.posBuf = pos.append(s.posBuf[:0])
+		hs = append(hs, kafkago.Header{Key: positionHeader, Value: s.posBuf})
 	}
-	r.size = recordSize(&r)
-	s.buf = append(s.buf, r)
-	s.bufBytes += r.size
+	s.hdrs = hs
+	s.push(r.topic, p, r.key, r.head, r.value, hs)
 	return nil
 }
 
-// recordSize bounds what kafka-go counts for a message (it must not be
-// less, or kafka-go would split a round's batch in two).
-func recordSize(r *record) int {
-	n := 64 + len(r.key) + len(r.value)
-	for _, h := range r.headers {
-		n += 16 + len(h.Key) + len(h.Value)
+// push encodes a record at the end of its partition's last record set,
+// or of a new one when it would pass --kafka-batch-bytes or the record
+// limit.
+func (s *Sink) push(topic string, partition int, key, head, value []byte, headers []kafkago.Header) {
+	b := s.cur
+	k := partKey{topic, partition}
+	pr := b.byPart[k]
+	if pr == nil {
+		pr = &partRecs{topic: topic, partition: partition}
+		b.byPart[k] = pr
+		b.parts = append(b.parts, pr)
 	}
-	return n
+	tomb := value == nil
+	var rs *recordSet
+	n := 0
+	if len(pr.sets) > 0 {
+		rs = pr.sets[len(pr.sets)-1]
+		n = recordLen(rs.count, key, head, value, tomb, headers)
+		if len(rs.buf)-setSize+varintLen(int64(n))+n > s.cfg.BatchBytes || rs.count >= s.cfg.BatchRecords {
+			rs = nil
+		}
+	}
+	if rs == nil {
+		rs = newSet(s.pool.get(), b.n)
+		pr.sets = append(pr.sets, rs)
+		n = recordLen(0, key, head, value, tomb, headers)
+	}
+	if need := varintLen(int64(n)) + n; cap(rs.buf)-len(rs.buf) < need {
+		// Grow by doubling, but to no more than a full set needs.
+		c := max(2*cap(rs.buf), len(rs.buf)+need)
+		if full := setSize + s.cfg.BatchBytes; c > full {
+			c = max(full, len(rs.buf)+need)
+		}
+		rs.buf = append(make([]byte, 0, c), rs.buf...)
+	}
+	before := len(rs.buf)
+	rs.append(n, key, head, value, tomb, headers)
+	b.n++
+	b.bytes += len(rs.buf) - before
 }
 
 // partitionCount returns a topic's partition count, creating the topic
@@ -200,112 +237,4 @@ func (s *Sink) readPartitions(ctx context.Context, topic string) (int, error) {
 		return len(t.Partitions), nil
 	}
 	return 0, nil
-}
-
-// Flush writes everything buffered and waits for the broker's acks=all.
-// Durable then covers every whole transaction handed over so far.
-func (s *Sink) Flush(ctx context.Context) error {
-	if s.err != nil {
-		return s.err
-	}
-	if len(s.buf) == 0 {
-		s.settle()
-		return nil
-	}
-	start := time.Now()
-	rounds := s.rounds()
-	acked := 0 // records of buf acknowledged, as a count of rounds
-	for i, round := range rounds {
-		msgs := make([]kafkago.Message, len(round))
-		bytes := 0
-		for j, idx := range round {
-			r := &s.buf[idx]
-			msgs[j] = kafkago.Message{Topic: r.topic, Partition: r.partition, Key: r.key, Value: r.value, Headers: r.headers}
-			bytes += len(r.key) + len(r.value)
-		}
-		if err := s.w.WriteMessages(ctx, msgs...); err != nil {
-			s.settleRounds(acked)
-			return s.fail(fmt.Errorf("write to Kafka: %w", err))
-		}
-		acked = i + 1
-		s.m.records.Add(float64(len(msgs)))
-		s.m.bytes.Add(float64(bytes))
-		s.m.batches.Inc()
-		s.settleRounds(acked)
-	}
-	s.buf, s.bufBytes = s.buf[:0], 0
-	s.settle()
-	s.m.flushSeconds.Observe(time.Since(start).Seconds())
-	return nil
-}
-
-// rounds splits the buffer into rounds: each holds, for each partition,
-// the next run of its records that fits one produce request. roundOf
-// records which round each buffered record is in.
-func (s *Sink) rounds() [][]int {
-	type tp struct {
-		topic     string
-		partition int
-	}
-	type cursor struct {
-		round, bytes, count int
-	}
-	cur := map[tp]*cursor{}
-	var rounds [][]int
-	s.roundOf = s.roundOf[:0]
-	for i := range s.buf {
-		r := &s.buf[i]
-		k := tp{r.topic, r.partition}
-		c := cur[k]
-		if c == nil {
-			c = &cursor{}
-			cur[k] = c
-		}
-		if c.count > 0 && (c.bytes+r.size > s.cfg.BatchBytes || c.count+1 > s.cfg.BatchRecords) {
-			c.round, c.bytes, c.count = c.round+1, 0, 0
-		}
-		c.bytes += r.size
-		c.count++
-		for len(rounds) <= c.round {
-			rounds = append(rounds, nil)
-		}
-		rounds[c.round] = append(rounds[c.round], i)
-		s.roundOf = append(s.roundOf, c.round)
-	}
-	return rounds
-}
-
-// settleRounds advances Durable past every transaction whose records (and
-// all records before them) are in the first n rounds.
-func (s *Sink) settleRounds(n int) {
-	maxRound := -1
-	upto := 0
-	for _, mk := range s.marks {
-		for ; upto < mk.upto; upto++ {
-			maxRound = max(maxRound, s.roundOf[upto])
-		}
-		if maxRound >= n {
-			return
-		}
-		s.setDurable(mk.end)
-	}
-}
-
-// settle marks durable every transaction handed over, once nothing is
-// left in the buffer (after a whole flush, or when nothing was buffered).
-func (s *Sink) settle() {
-	if len(s.buf) > 0 {
-		return
-	}
-	for _, mk := range s.marks {
-		s.setDurable(mk.end)
-	}
-	s.marks = s.marks[:0]
-}
-
-func (s *Sink) setDurable(end promoted.LSN) {
-	if uint64(end) > s.durable.Load() {
-		s.durable.Store(uint64(end))
-		s.m.durable.Set(float64(end))
-	}
 }

@@ -104,6 +104,42 @@ func txnPositions(txn *promoted.Txn) []string {
 	return out
 }
 
+// checkDurable fails the test if Durable d covers a transaction one of
+// whose records the topic lacks.
+func checkDurable(t *testing.T, addr, topic string, txns []promoted.Txn, d promoted.LSN) {
+	t.Helper()
+	got := positions(t, addr, topic)
+	for i := range txns {
+		if txns[i].EndLSN > d {
+			break
+		}
+		for _, p := range txnPositions(&txns[i]) {
+			if got[p] == 0 {
+				t.Fatalf("Durable %s covers transaction %d, whose record %s the broker does not hold", d, i, p)
+			}
+		}
+	}
+}
+
+// checkOnce fails the test unless the topic holds every record of the
+// transactions exactly once, and nothing else.
+func checkOnce(t *testing.T, addr, topic string, txns []promoted.Txn) {
+	t.Helper()
+	got := positions(t, addr, topic)
+	want := 0
+	for i := range txns {
+		for _, p := range txnPositions(&txns[i]) {
+			want++
+			if got[p] != 1 {
+				t.Errorf("record %s of transaction %d is in the topic %d times, want once", p, i, got[p])
+			}
+		}
+	}
+	if len(got) != want {
+		t.Errorf("the topic holds %d distinct records, want %d", len(got), want)
+	}
+}
+
 // failPartition makes the broker drop the connection of every produce
 // request that writes to partition 2, once allowed more produce requests
 // have passed, until stop is called.
@@ -171,17 +207,7 @@ func TestKafkaDurableNeverPassesUnacked(t *testing.T) {
 	if d >= txns[29].EndLSN {
 		t.Fatalf("Durable %s reached the end although records were refused", d)
 	}
-	got := positions(t, k.Addr(), "dur.public.other")
-	for i := range txns {
-		if txns[i].EndLSN > d {
-			break
-		}
-		for _, p := range txnPositions(&txns[i]) {
-			if got[p] == 0 {
-				t.Fatalf("Durable %s covers transaction %d, whose record %s the broker does not hold", d, i, p)
-			}
-		}
-	}
+	checkDurable(t, k.Addr(), "dur.public.other", txns, d)
 	t.Logf("Durable stopped at %s (transactions up to %s were flushed)", d, txns[29].EndLSN)
 	if err := s.Apply(ctx, &txns[0]); err == nil || s.Flush(ctx) == nil {
 		t.Fatal("a failed sink accepted more work")
@@ -190,7 +216,7 @@ func TestKafkaDurableNeverPassesUnacked(t *testing.T) {
 	// A broker that dies in the middle of a flush.
 	k2 := startKafka(t)
 	s2 := newSink(t, Config{Brokers: []string{k2.Addr()}, Prefix: "dur", Tombstones: true, Timeout: 2 * time.Second}, src)
-	s2.w.MaxAttempts = 1
+	s2.attempts = 1
 	for i := 0; i < 5; i++ {
 		s2.Apply(ctx, &txns[i])
 	}
@@ -257,19 +283,7 @@ func TestKafkaResumeAddsNoDuplicates(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	got := positions(t, k.Addr(), "res.public.other")
-	want := 0
-	for i := range txns {
-		for _, p := range txnPositions(&txns[i]) {
-			want++
-			if got[p] != 1 {
-				t.Errorf("record %s of transaction %d is in the topic %d times, want once", p, i, got[p])
-			}
-		}
-	}
-	if len(got) != want {
-		t.Errorf("the topic holds %d distinct records, want %d", len(got), want)
-	}
+	checkOnce(t, k.Addr(), "res.public.other", txns)
 	state, err := Fold(ctx, cfg, src.tables, src.types)
 	if err != nil {
 		t.Fatal(err)

@@ -97,13 +97,13 @@ var typesDML = []string{
 func normalize(txns []promoted.Txn) []promoted.Txn {
 	var lsns []promoted.LSN
 	for _, t := range txns {
-		lsns = append(lsns, t.FinalLSN, t.EndLSN)
+		lsns = append(lsns, t.BeginLSN, t.FinalLSN, t.EndLSN)
 		for _, c := range t.Changes {
 			lsns = append(lsns, c.LSN)
 		}
 	}
 	sort.Slice(lsns, func(i, j int) bool { return lsns[i] < lsns[j] })
-	renum := map[promoted.LSN]promoted.LSN{}
+	renum := map[promoted.LSN]promoted.LSN{0: 0}
 	for _, l := range lsns {
 		if _, ok := renum[l]; !ok {
 			renum[l] = promoted.LSN(0x2000000 + 0x40*len(renum))
@@ -112,7 +112,7 @@ func normalize(txns []promoted.Txn) []promoted.Txn {
 	out := make([]promoted.Txn, len(txns))
 	for i, t := range txns {
 		t.Xid = uint32(1000 + i)
-		t.FinalLSN, t.EndLSN = renum[t.FinalLSN], renum[t.EndLSN]
+		t.BeginLSN, t.FinalLSN, t.EndLSN = renum[t.BeginLSN], renum[t.FinalLSN], renum[t.EndLSN]
 		t.CommitTime = time.Date(2024, 1, 1, 0, 0, i, 123456000, time.UTC)
 		t.Changes = append([]promoted.Change(nil), t.Changes...)
 		for j := range t.Changes {
@@ -167,7 +167,7 @@ func golden(t *testing.T, name, got string) {
 	testenv.Golden(t, filepath.Join("testdata", name), got, *update)
 }
 
-func startKafka(t *testing.T) *testenv.Kafka {
+func startKafka(t testing.TB) *testenv.Kafka {
 	t.Helper()
 	k, err := testenv.StartKafka(context.Background())
 	if err != nil {
@@ -177,7 +177,7 @@ func startKafka(t *testing.T) *testenv.Kafka {
 	return k
 }
 
-func newSink(t *testing.T, cfg Config, src *srcDB) *Sink {
+func newSink(t testing.TB, cfg Config, src *srcDB) *Sink {
 	t.Helper()
 	s, err := New(cfg, src.tables, src.types, quiet)
 	if err != nil {

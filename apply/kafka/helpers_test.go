@@ -44,7 +44,7 @@ type srcDB struct {
 
 // newSource runs ddl, then describes the named tables (tenant column
 // tenant_id, tenant 7) and creates a publication and a slot for them.
-func newSource(t *testing.T, ddl string, names ...string) *srcDB {
+func newSource(t testing.TB, ddl string, names ...string) *srcDB {
 	t.Helper()
 	ctx := context.Background()
 	dsn := cluster.NewDB(t)
@@ -77,7 +77,7 @@ func newSource(t *testing.T, ddl string, names ...string) *srcDB {
 
 // describe builds a promoted.Table from the catalog, as the planner would:
 // columns with format_type, primary key in key order, replica identity.
-func describe(t *testing.T, conn *pgx.Conn, schema, name string) *promoted.Table {
+func describe(t testing.TB, conn *pgx.Conn, schema, name string) *promoted.Table {
 	t.Helper()
 	ctx := context.Background()
 	tbl := &promoted.Table{Schema: schema, Name: name, TargetSchema: schema, TargetName: name, TenantLiteral: "7"}

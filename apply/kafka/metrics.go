@@ -13,7 +13,7 @@ var (
 		Name: "promoted_kafka_bytes_total", Help: "Key and value bytes of the records the broker acknowledged.",
 	}, []string{"tenant"})
 	kafkaBatches = promauto.NewCounterVec(prometheus.CounterOpts{
-		Name: "promoted_kafka_batches_total", Help: "Write rounds (at most one produce request per partition) the broker acknowledged.",
+		Name: "promoted_kafka_batches_total", Help: "Produce requests (one partition's record batch each) the broker acknowledged.",
 	}, []string{"tenant"})
 	kafkaErrors = promauto.NewCounterVec(prometheus.CounterOpts{
 		Name: "promoted_kafka_errors_total", Help: "Failures that stopped the Kafka sink (encoding or writing); the move resumes with a new sink.",

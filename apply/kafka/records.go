@@ -19,13 +19,18 @@ type tableEnc struct {
 	cols       []encCol
 	key        []encCol
 	// keyHead and valueHead are `{"schema":…,"payload":` (empty with
-	// --no-schema); the payload and a closing brace follow.
+	// --no-schema); the payload and a closing brace follow. Rendered once:
+	// they are most of a record's bytes.
 	keyHead, valueHead []byte
+	// srcTable is the source block's table part, up to txId's value.
+	srcTable []byte
 }
 
 type encCol struct {
-	idx      int
-	name     string
+	idx  int
+	name string
+	// label is the name as a JSON object key, with its colon.
+	label    []byte
 	codec    *codec
 	optional bool
 }
@@ -49,7 +54,7 @@ func newTableEnc(cfg *Config, t *promoted.Table, index int, types *Types, log *s
 			log.Warn("column left out of the Kafka records: Debezium has no encoding for its type by default", "table", t.String(), "column", c.Name, "type", c.Type)
 			continue
 		}
-		ec := encCol{idx: i, name: c.Name, codec: cd, optional: !c.NotNull}
+		ec := encCol{idx: i, name: c.Name, label: append(appendJSONString(nil, c.Name), ':'), codec: cd, optional: !c.NotNull}
 		byIdx[i] = ec
 		te.cols = append(te.cols, ec)
 		valueFields = append(valueFields, field{c.Name, cd.schema.withOptional(ec.optional)})
@@ -66,6 +71,8 @@ func newTableEnc(cfg *Config, t *promoted.Table, index int, types *Types, log *s
 	if len(te.key) == 0 {
 		return nil, fmt.Errorf("encode %s: the table has no primary key, which Debezium's record key needs", t)
 	}
+	te.srcTable = append(appendJSONString([]byte(`,"schema":`), t.Schema), `,"table":`...)
+	te.srcTable = append(appendJSONString(te.srcTable, t.Name), `,"txId":`...)
 	if !cfg.NoSchema {
 		keySchema := &schema{typ: "struct", name: te.topic + ".Key", fields: keyFields}
 		value := &schema{typ: "struct", optional: true, name: te.topic + ".Value", fields: valueFields}
@@ -73,14 +80,6 @@ func newTableEnc(cfg *Config, t *promoted.Table, index int, types *Types, log *s
 		te.valueHead = append(envelopeSchema(te.topic+".Envelope", value).appendJSON([]byte(`{"schema":`)), `,"payload":`...)
 	}
 	return te, nil
-}
-
-// wrap closes a payload started after head.
-func wrap(head, payload []byte) []byte {
-	if len(head) == 0 {
-		return payload
-	}
-	return append(payload, '}')
 }
 
 // appendRow appends a row struct. Columns outside only (when set) are
@@ -93,8 +92,7 @@ func (te *tableEnc) appendRow(b []byte, cols []encCol, row promoted.Row, only fu
 		if i > 0 {
 			b = append(b, ',')
 		}
-		b = appendJSONString(b, c.name)
-		b = append(b, ':')
+		b = append(b, c.label...)
 		v := row[c.idx]
 		if only != nil && !only(c.idx) {
 			v = promoted.Value{Kind: promoted.Null}
@@ -121,14 +119,17 @@ func (te *tableEnc) appendRow(b []byte, cols []encCol, row promoted.Row, only fu
 	return append(b, '}'), nil
 }
 
-// keyJSON is the record key of a row.
-func (te *tableEnc) keyJSON(row promoted.Row) ([]byte, error) {
-	b := append(make([]byte, 0, len(te.keyHead)+64), te.keyHead...)
+// appendKey appends the record key of a row.
+func (te *tableEnc) appendKey(b []byte, row promoted.Row) ([]byte, error) {
+	b = append(b, te.keyHead...)
 	b, err := te.appendRow(b, te.key, row, nil)
 	if err != nil {
 		return nil, err
 	}
-	return wrap(te.keyHead, b), nil
+	if len(te.keyHead) > 0 {
+		b = append(b, '}')
+	}
+	return b, nil
 }
 
 // source is what a record's source block says.
@@ -143,41 +144,44 @@ type source struct {
 
 // appendSource writes io.debezium.connector.postgresql.Source.
 func (s *Sink) appendSource(b []byte, te *tableEnc, src source) []byte {
-	b = append(b, `{"version":"`+DebeziumVersion+`","connector":"postgresql","name":`...)
-	b = appendJSONString(b, s.cfg.Prefix)
-	b = append(b, `,"ts_ms":`...)
-	b = strconv.AppendInt(b, src.ts.UnixMilli(), 10)
+	// ts_ms, ts_us and ts_ns are the same instant in microseconds: its
+	// digits are formatted once.
+	var d [24]byte
+	us := src.ts.UnixMicro()
+	micros := strconv.AppendInt(d[:0], us, 10)
+	b = append(b, s.srcHead...)
+	if us >= 1000 {
+		b = append(b, micros[:len(micros)-3]...)
+	} else {
+		b = strconv.AppendInt(b, src.ts.UnixMilli(), 10)
+	}
 	b = append(b, `,"snapshot":`...)
 	if src.snapshot == "" {
 		b = append(b, `"false"`...)
 	} else {
 		b = appendJSONString(b, src.snapshot)
 	}
-	b = append(b, `,"db":`...)
-	b = appendJSONString(b, s.types.Database)
-	// sequence: Jackson's rendering of [lastCommitLsn, lsn] as strings.
-	seq := []byte("[")
+	b = append(b, s.srcDB...)
+	// sequence: Jackson's rendering of [lastCommitLsn, lsn] as strings,
+	// itself a JSON string.
 	if src.hasCommit {
-		seq = append(seq, '"')
-		seq = strconv.AppendUint(seq, uint64(src.lastCommit), 10)
-		seq = append(seq, '"')
+		b = append(b, `"[\"`...)
+		b = strconv.AppendUint(b, uint64(src.lastCommit), 10)
+		b = append(b, `\",\"`...)
 	} else {
-		seq = append(seq, "null"...)
+		b = append(b, `"[null,\"`...)
 	}
-	seq = append(seq, ',', '"')
-	seq = strconv.AppendUint(seq, uint64(src.lsn), 10)
-	seq = append(seq, '"', ']')
-	b = append(b, `,"sequence":`...)
-	b = appendJSONString(b, string(seq))
+	b = strconv.AppendUint(b, uint64(src.lsn), 10)
+	b = append(b, `\"]"`...)
 	b = append(b, `,"ts_us":`...)
-	b = strconv.AppendInt(b, src.ts.UnixMicro(), 10)
+	b = append(b, micros...)
 	b = append(b, `,"ts_ns":`...)
-	b = strconv.AppendInt(b, src.ts.UnixMicro()*1000, 10)
-	b = append(b, `,"schema":`...)
-	b = appendJSONString(b, te.table.Schema)
-	b = append(b, `,"table":`...)
-	b = appendJSONString(b, te.table.Name)
-	b = append(b, `,"txId":`...)
+	if us > 0 {
+		b = append(append(b, micros...), "000"...)
+	} else {
+		b = strconv.AppendInt(b, us*1000, 10)
+	}
+	b = append(b, te.srcTable...)
 	if src.txID != 0 {
 		b = strconv.AppendInt(b, src.txID, 10)
 	} else {
@@ -186,6 +190,14 @@ func (s *Sink) appendSource(b []byte, te *tableEnc, src source) []byte {
 	b = append(b, `,"lsn":`...)
 	b = strconv.AppendUint(b, uint64(src.lsn), 10)
 	return append(b, `,"xmin":null}`...)
+}
+
+// sourceParts renders the sink-wide parts of the source block.
+func sourceParts(prefix, database string) (head, db []byte) {
+	head = append([]byte(`{"version":"`+DebeziumVersion+`","connector":"postgresql","name":`), appendJSONString(nil, prefix)...)
+	head = append(head, `,"ts_ms":`...)
+	db = append(appendJSONString([]byte(`,"db":`), database), `,"sequence":`...)
+	return head, db
 }
 
 // envelope is one change record's value.
@@ -197,10 +209,14 @@ type envelope struct {
 	src        source
 	// txBlock is the rendered transaction block, or nil.
 	txBlock []byte
+	// now is the envelope's ts_ms; zero: the clock's now.
+	now time.Time
 }
 
-func (s *Sink) valueJSON(te *tableEnc, e *envelope) ([]byte, error) {
-	b := append(make([]byte, 0, len(te.valueHead)+512), te.valueHead...)
+// appendValue appends a change record's value after the table's
+// valueHead (which the record carries separately): the payload and, with
+// a schema, the closing brace.
+func (s *Sink) appendValue(b []byte, te *tableEnc, e *envelope) ([]byte, error) {
 	b = append(b, `{"before":`...)
 	var err error
 	if e.before == nil {
@@ -226,15 +242,38 @@ func (s *Sink) valueJSON(te *tableEnc, e *envelope) ([]byte, error) {
 	b = append(b, e.op, '"')
 	// ts_ms is when the connector processed the event (Envelope.create
 	// and friends take the clock's now).
-	now := s.now()
-	b = append(b, `,"ts_ms":`...)
-	b = strconv.AppendInt(b, now.UnixMilli(), 10)
-	b = append(b, `,"ts_us":`...)
-	b = strconv.AppendInt(b, now.UnixMicro(), 10)
-	b = append(b, `,"ts_ns":`...)
-	b = strconv.AppendInt(b, now.UnixNano(), 10)
+	now := e.now
+	if now.IsZero() {
+		now = s.now()
+	}
+	b = appendInstant(b, now)
 	b = append(b, '}')
-	return wrap(te.valueHead, b), nil
+	if len(te.valueHead) > 0 {
+		b = append(b, '}')
+	}
+	return b, nil
+}
+
+// appendInstant appends an envelope's ts_ms, ts_us and ts_ns, the
+// nanoseconds formatted once (the others are their leading digits).
+func appendInstant(b []byte, t time.Time) []byte {
+	ns := t.UnixNano()
+	if ns < 1e6 {
+		b = append(b, `,"ts_ms":`...)
+		b = strconv.AppendInt(b, t.UnixMilli(), 10)
+		b = append(b, `,"ts_us":`...)
+		b = strconv.AppendInt(b, t.UnixMicro(), 10)
+		b = append(b, `,"ts_ns":`...)
+		return strconv.AppendInt(b, ns, 10)
+	}
+	var d [24]byte
+	nanos := strconv.AppendInt(d[:0], ns, 10)
+	b = append(b, `,"ts_ms":`...)
+	b = append(b, nanos[:len(nanos)-6]...)
+	b = append(b, `,"ts_us":`...)
+	b = append(b, nanos[:len(nanos)-3]...)
+	b = append(b, `,"ts_ns":`...)
+	return append(b, nanos...)
 }
 
 // appendTxBlock renders the transaction block of a change (event.block),

@@ -5,9 +5,10 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"time"
+	"io"
 
 	kafkago "github.com/segmentio/kafka-go"
+	"golang.org/x/sync/errgroup"
 )
 
 // Resumed is what the topics already hold when the sink starts again
@@ -54,8 +55,7 @@ func (s *Sink) Resume(ctx context.Context) (*Resumed, error) {
 		mark snapshotMark
 		ok   bool
 	}
-	tails := map[int]snapTail{}
-	maxDone := 0
+	var all []*tail
 	for _, topic := range topics {
 		n, err := s.readPartitions(ctx, topic)
 		if err != nil {
@@ -66,37 +66,42 @@ func (s *Sink) Resume(ctx context.Context) (*Resumed, error) {
 		}
 		s.partitions[topic] = n
 		for p := 0; p < n; p++ {
-			msg, ok, err := s.lastRecord(ctx, topic, p)
-			if err != nil {
-				return nil, fmt.Errorf("resume: %s partition %d: %w", topic, p, err)
-			}
-			if !ok {
-				continue
-			}
-			for _, h := range msg.Headers {
-				switch h.Key {
-				case positionHeader:
-					pos, err := parsePosition(string(h.Value))
-					if err != nil {
-						return nil, fmt.Errorf("resume: %s partition %d: %w", topic, p, err)
-					}
-					if res.Delivered[topic] == nil {
-						res.Delivered[topic] = map[int]Position{}
-					}
-					res.Delivered[topic][p] = pos
-					if res.Last.Less(pos) {
-						res.Last = pos
-					}
-					res.Streamed = true
-				case snapshotHeader:
-					var m snapshotMark
-					if err := json.Unmarshal(h.Value, &m); err != nil {
-						return nil, fmt.Errorf("resume: %s partition %d: snapshot header: %w", topic, p, err)
-					}
-					maxDone = max(maxDone, m.Done)
-					if t := tails[m.Table]; !t.ok || t.mark.Seq < m.Seq {
-						tails[m.Table] = snapTail{m, true}
-					}
+			all = append(all, &tail{topic: topic, partition: p})
+		}
+	}
+	if err := s.lastRecords(ctx, all); err != nil {
+		return nil, err
+	}
+	tails := map[int]snapTail{}
+	maxDone := 0
+	for _, t := range all {
+		if !t.ok {
+			continue
+		}
+		topic, p := t.topic, t.partition
+		for _, h := range t.headers {
+			switch h.Key {
+			case positionHeader:
+				pos, err := parsePosition(string(h.Value))
+				if err != nil {
+					return nil, fmt.Errorf("resume: %s partition %d: %w", topic, p, err)
+				}
+				if res.Delivered[topic] == nil {
+					res.Delivered[topic] = map[int]Position{}
+				}
+				res.Delivered[topic][p] = pos
+				if res.Last.Less(pos) {
+					res.Last = pos
+				}
+				res.Streamed = true
+			case snapshotHeader:
+				var m snapshotMark
+				if err := json.Unmarshal(h.Value, &m); err != nil {
+					return nil, fmt.Errorf("resume: %s partition %d: snapshot header: %w", topic, p, err)
+				}
+				maxDone = max(maxDone, m.Done)
+				if t := tails[m.Table]; !t.ok || t.mark.Seq < m.Seq {
+					tails[m.Table] = snapTail{m, true}
 				}
 			}
 		}
@@ -112,35 +117,87 @@ func (s *Sink) Resume(ctx context.Context) (*Resumed, error) {
 	return res, nil
 }
 
-// lastRecord reads a partition's last record, if it has any.
-func (s *Sink) lastRecord(ctx context.Context, topic string, partition int) (kafkago.Message, bool, error) {
-	var last error
-	for _, b := range s.cfg.Brokers {
-		conn, err := kafkago.DialLeader(ctx, "tcp", b, topic, partition)
-		if err != nil {
-			last = err
+// tail is a partition's last record, as far as Resume reads it.
+type tail struct {
+	topic     string
+	partition int
+	ok        bool
+	headers   []kafkago.Header
+}
+
+// lastRecords reads the last record of each partition, through the sink's
+// client (its connections then serve the stream): one ListOffsets
+// request, then a fetch of each partition that has records, in parallel.
+func (s *Sink) lastRecords(ctx context.Context, tails []*tail) error {
+	if len(tails) == 0 {
+		return nil
+	}
+	req := &kafkago.ListOffsetsRequest{Topics: map[string][]kafkago.OffsetRequest{}}
+	for _, t := range tails {
+		req.Topics[t.topic] = append(req.Topics[t.topic], kafkago.FirstOffsetOf(t.partition), kafkago.LastOffsetOf(t.partition))
+	}
+	offsets, err := s.client.ListOffsets(ctx, req)
+	if err != nil {
+		return fmt.Errorf("resume: list offsets: %w", err)
+	}
+	g, gctx := errgroup.WithContext(ctx)
+	g.SetLimit(16)
+	for _, t := range tails {
+		var po *kafkago.PartitionOffsets
+		for i := range offsets.Topics[t.topic] {
+			if offsets.Topics[t.topic][i].Partition == t.partition {
+				po = &offsets.Topics[t.topic][i]
+			}
+		}
+		switch {
+		case po == nil:
+			return fmt.Errorf("resume: %s partition %d: no offsets in the answer", t.topic, t.partition)
+		case po.Error != nil:
+			return fmt.Errorf("resume: %s partition %d: %w", t.topic, t.partition, po.Error)
+		case po.LastOffset <= po.FirstOffset:
 			continue
 		}
-		defer conn.Close()
-		first, end, err := conn.ReadOffsets()
-		if err != nil {
-			return kafkago.Message{}, false, err
-		}
-		if end <= first {
-			return kafkago.Message{}, false, nil
-		}
-		if _, err := conn.Seek(end-1, kafkago.SeekAbsolute); err != nil {
-			return kafkago.Message{}, false, err
-		}
-		conn.SetReadDeadline(time.Now().Add(s.cfg.Timeout))
-		msg, err := conn.ReadMessage(64 << 20)
-		if err != nil {
-			return kafkago.Message{}, false, err
-		}
-		return msg, true, nil
+		g.Go(func() error {
+			if err := s.fetchLast(gctx, t, po.LastOffset); err != nil {
+				return fmt.Errorf("resume: %s partition %d: %w", t.topic, t.partition, err)
+			}
+			return nil
+		})
 	}
-	if last == nil {
-		last = errors.New("no broker")
+	return g.Wait()
+}
+
+// fetchLast reads the record before end (the partition's end offset).
+func (s *Sink) fetchLast(ctx context.Context, t *tail, end int64) error {
+	res, err := s.client.Fetch(ctx, &kafkago.FetchRequest{Topic: t.topic, Partition: t.partition, Offset: end - 1,
+		MinBytes: 1, MaxBytes: 64 << 20, MaxWait: s.cfg.Timeout})
+	if err == nil {
+		err = res.Error
 	}
-	return kafkago.Message{}, false, last
+	if err != nil {
+		return err
+	}
+	// The answer may start at an earlier offset (a whole record batch):
+	// the last record read is the partition's last.
+	for {
+		r, err := res.Records.ReadRecord()
+		if errors.Is(err, io.EOF) {
+			break
+		}
+		if err != nil {
+			return err
+		}
+		if r.Offset >= end {
+			break
+		}
+		t.ok = true
+		t.headers = t.headers[:0]
+		for _, h := range r.Headers {
+			t.headers = append(t.headers, kafkago.Header{Key: h.Key, Value: append([]byte(nil), h.Value...)})
+		}
+	}
+	if !t.ok {
+		return fmt.Errorf("the fetch at offset %d returned no record", end-1)
+	}
+	return nil
 }

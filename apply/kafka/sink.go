@@ -15,41 +15,49 @@ import (
 )
 
 // Sink writes one tenant's transactions to Kafka as Debezium's PostgreSQL
-// connector would. Apply encodes and buffers (across transactions, so
-// produce requests are large); Flush writes what is buffered and waits
-// for acks=all; Durable is the end LSN of the last transaction whose every
-// record the broker acknowledged.
+// connector would. Apply encodes into the current batch (across
+// transactions, so produce requests are large) and hands it to the broker
+// once it holds --kafka-flush-bytes, encoding on while it is written;
+// Flush hands over what is encoded and waits for acks=all; Durable is the
+// end LSN of the last transaction whose every record the broker
+// acknowledged.
 //
 // After a failed write the sink is broken: every later call returns the
 // same error, and the caller makes a new Sink, calls Resume and streams
 // again from Durable (what a partial write delivered is then skipped).
 //
-// kafka-go retries a produce request that timed out or hit a retriable
-// error; a retry of a request the broker had in fact written duplicates
-// its records. Consumers that must not see repeats drop them by
-// source.lsn and source.sequence (Debezium's own advice for its
+// A produce request that timed out or hit a retriable error is retried,
+// as kafka-go's writer would; a retry of a request the broker had in fact
+// written duplicates its records. Consumers that must not see repeats drop
+// them by source.lsn and source.sequence (Debezium's own advice for its
 // at-least-once delivery).
 type Sink struct {
-	cfg    Config
-	log    *slog.Logger
-	m      *metrics
-	types  *Types
-	tables map[*promoted.Table]*tableEnc
-	order  []*tableEnc
-	w      *kafkago.Writer
-	client *kafkago.Client
+	cfg       Config
+	log       *slog.Logger
+	m         *metrics
+	types     *Types
+	tables    map[*promoted.Table]*tableEnc
+	order     []*tableEnc
+	client    *kafkago.Client
+	transport *kafkago.Transport
+	// attempts bounds the tries of one produce request (tests lower it).
+	attempts int
 	// now is the clock of envelope ts_ms and heartbeats (tests pin it).
 	now func() time.Time
 
 	durable atomic.Uint64
 	err     error
 
-	// buf holds encoded records not yet written, marks the transactions
-	// completed within it.
-	buf      []record
-	bufBytes int
-	marks    []mark
-	roundOf  []int
+	// cur is the batch being encoded; flight the one being written.
+	cur    *batch
+	flight *flight
+	pool   pool
+	// Scratch space for encoding one record at a time, reused: its bytes
+	// are copied into the batch.
+	keyBuf, valBuf, posBuf, hdrBuf []byte
+	hdrs                           []kafkago.Header
+	// srcHead and srcDB are the source block's constant parts.
+	srcHead, srcDB []byte
 
 	txn        txnState
 	lastCommit promoted.LSN
@@ -62,23 +70,6 @@ type Sink struct {
 	delivered  map[string]map[int]Position
 
 	snap snapshotRun
-}
-
-// record is one encoded Kafka record on its way to its partition.
-type record struct {
-	topic     string
-	partition int
-	key       []byte
-	value     []byte // nil: a tombstone
-	headers   []kafkago.Header
-	size      int
-}
-
-// mark says that once the first upto buffered records are acknowledged,
-// the transaction ending at end is durable.
-type mark struct {
-	end  promoted.LSN
-	upto int
 }
 
 // New makes a sink for the tables (the moved tables, in snapshot order)
@@ -109,21 +100,14 @@ func New(cfg Config, tables []*promoted.Table, types *Types, log *slog.Logger) (
 		s.tables[t] = te
 		s.order = append(s.order, te)
 	}
-	transport := &kafkago.Transport{DialTimeout: cfg.Timeout, IdleTimeout: time.Minute, ClientID: "promoted"}
-	s.client = &kafkago.Client{Addr: kafkago.TCP(cfg.Brokers...), Timeout: cfg.Timeout, Transport: transport}
-	s.w = &kafkago.Writer{
-		Addr:         kafkago.TCP(cfg.Brokers...),
-		Balancer:     assigned{},
-		RequiredAcks: kafkago.RequireAll,
-		BatchSize:    cfg.BatchRecords,
-		BatchBytes:   int64(cfg.BatchBytes) * 2,
-		// Each write hands over whole batches; nothing waits to fill up.
-		BatchTimeout: 100 * time.Microsecond,
-		MaxAttempts:  3,
-		WriteTimeout: cfg.Timeout,
-		ReadTimeout:  cfg.Timeout,
-		Transport:    transport,
-	}
+	s.transport = &kafkago.Transport{DialTimeout: cfg.Timeout, IdleTimeout: time.Minute, ClientID: "promoted"}
+	s.client = &kafkago.Client{Addr: kafkago.TCP(cfg.Brokers...), Timeout: cfg.Timeout, Transport: s.transport}
+	s.attempts = 3
+	s.srcHead, s.srcDB = sourceParts(cfg.Prefix, types.Database)
+	s.cur = newBatch()
+	// Two batches are in memory at most (one written, one encoded): keep
+	// buffers for about as much, plus the partitions' partly filled sets.
+	s.pool.limit = 3 * cfg.FlushBytes
 	return s, nil
 }
 
@@ -131,9 +115,7 @@ func New(cfg Config, tables []*promoted.Table, types *Types, log *slog.Logger) (
 // confirmed position when the sink is made, so a quiet tenant's
 // heartbeats advance from there.
 func (s *Sink) SetDurable(lsn promoted.LSN) {
-	if uint64(lsn) > s.durable.Load() {
-		s.durable.Store(uint64(lsn))
-	}
+	s.setDurable(lsn)
 	if !s.hasCommit {
 		s.lastCommit, s.hasCommit = lsn, lsn != 0
 	}
@@ -144,17 +126,15 @@ func (s *Sink) SetDurable(lsn promoted.LSN) {
 // flight.
 func (s *Sink) Durable() promoted.LSN { return promoted.LSN(s.durable.Load()) }
 
-// Close releases the producer's connections. Buffered records that were
-// not flushed are dropped (they were never durable).
-func (s *Sink) Close() error {
-	return s.w.Close()
-}
-
-// Apply encodes one transaction (or part) into the buffer, writing the
-// buffer once it holds --kafka-flush-bytes.
+// Apply encodes one transaction (or part) into the current batch,
+// handing the batch to the broker once it holds --kafka-flush-bytes (after
+// the batch before it is acknowledged).
 func (s *Sink) Apply(ctx context.Context, txn *promoted.Txn) error {
 	if s.err != nil {
 		return s.err
+	}
+	if err := s.reap(ctx); err != nil {
+		return err
 	}
 	if txn.Heartbeat() {
 		if txn.EndLSN <= s.Durable() {
@@ -164,21 +144,24 @@ func (s *Sink) Apply(ctx context.Context, txn *promoted.Txn) error {
 			s.lastBeat = s.now()
 			key, value := s.heartbeatRecord()
 			// HeartbeatImpl sends to partition 0.
-			if err := s.add(ctx, record{topic: topicName("__debezium-heartbeat", s.cfg.Prefix), key: key, value: value, partition: -1}, nil); err != nil {
+			if err := s.add(ctx, &record{topic: topicName("__debezium-heartbeat", s.cfg.Prefix), key: key, value: value, partition: -1}, nil); err != nil {
 				return s.fail(err)
 			}
 		}
-		s.marks = append(s.marks, mark{end: txn.EndLSN, upto: len(s.buf)})
-		if len(s.buf) == 0 {
-			s.settle()
+		b := s.cur
+		b.marks = append(b.marks, mark{end: txn.EndLSN, upto: b.n})
+		if b.n == 0 && s.flight == nil {
+			// Nothing is pending before it.
+			b.settle(s.setDurable)
+			b.marks, b.settled = b.marks[:0], 0
 		}
 		return nil
 	}
 	if err := s.applyTxn(ctx, txn); err != nil {
 		return s.fail(err)
 	}
-	if s.bufBytes >= s.cfg.FlushBytes {
-		return s.Flush(ctx)
+	if s.cur.bytes >= s.cfg.FlushBytes {
+		return s.handoff(ctx)
 	}
 	return nil
 }
@@ -188,12 +171,16 @@ func (s *Sink) applyTxn(ctx context.Context, txn *promoted.Txn) error {
 		s.txn = txnState{open: true, xid: txn.Xid, final: txn.FinalLSN}
 	}
 	if s.cfg.TransactionMetadata && !s.txn.begun && len(txn.Changes) > 0 {
-		// Debezium's BEGIN id carries the LSN of the transaction's first
-		// WAL record; the first change's is the closest the stream keeps.
+		// Debezium's BEGIN id carries the LSN it saw the BEGIN message at:
+		// where the walsender put it (before the transaction's first row
+		// it sent, which may be another tenant's the stream filtered out).
 		s.txn.begun = true
-		first := txn.Changes[0].LSN
+		first := txn.BeginLSN
+		if first == 0 {
+			first = txn.Changes[0].LSN
+		}
 		id := txnID(txn.Xid, first)
-		if err := s.add(ctx, record{topic: topicName(s.cfg.Prefix, "transaction"), key: s.txnKey(id),
+		if err := s.add(ctx, &record{topic: topicName(s.cfg.Prefix, "transaction"), key: s.txnKey(id),
 			value: s.txnValue("BEGIN", id, &s.txn, txn.CommitTime)}, &Position{Commit: txn.FinalLSN}); err != nil {
 			return err
 		}
@@ -225,14 +212,14 @@ func (s *Sink) applyTxn(ctx context.Context, txn *promoted.Txn) error {
 	}
 	if s.cfg.TransactionMetadata && s.txn.begun {
 		id := txnID(txn.Xid, txn.EndLSN)
-		if err := s.add(ctx, record{topic: topicName(s.cfg.Prefix, "transaction"), key: s.txnKey(id),
+		if err := s.add(ctx, &record{topic: topicName(s.cfg.Prefix, "transaction"), key: s.txnKey(id),
 			value: s.txnValue("END", id, &s.txn, txn.CommitTime)}, &Position{Commit: txn.FinalLSN, LSN: txn.EndLSN}); err != nil {
 			return err
 		}
 	}
 	s.txn = txnState{}
 	s.lastCommit, s.hasCommit = txn.EndLSN, true
-	s.marks = append(s.marks, mark{end: txn.EndLSN, upto: len(s.buf)})
+	s.cur.marks = append(s.cur.marks, mark{end: txn.EndLSN, upto: s.cur.n})
 	s.m.txns.Inc()
 	return nil
 }
@@ -329,27 +316,26 @@ func (s *Sink) keyChange(ctx context.Context, te *tableEnc, txn *promoted.Txn, c
 }
 
 func (s *Sink) emit(ctx context.Context, te *tableEnc, e *envelope, keyRow promoted.Row, pos Position, headers []kafkago.Header) error {
-	key, err := te.keyJSON(keyRow)
-	if err != nil {
+	var err error
+	if s.keyBuf, err = te.appendKey(s.keyBuf[:0], keyRow); err != nil {
 		return err
 	}
-	value, err := s.valueJSON(te, e)
-	if err != nil {
+	if s.valBuf, err = s.appendValue(s.valBuf[:0], te, e); err != nil {
 		return err
 	}
 	s.m.op(e.op)
-	return s.add(ctx, record{topic: te.topic, key: key, value: value, headers: headers}, &pos)
+	return s.add(ctx, &record{topic: te.topic, key: s.keyBuf, head: te.valueHead, value: s.valBuf, headers: headers}, &pos)
 }
 
 func (s *Sink) tombstone(ctx context.Context, te *tableEnc, keyRow promoted.Row, pos Position, headers []kafkago.Header) error {
 	if !s.cfg.Tombstones {
 		return nil
 	}
-	key, err := te.keyJSON(keyRow)
-	if err != nil {
+	var err error
+	if s.keyBuf, err = te.appendKey(s.keyBuf[:0], keyRow); err != nil {
 		return err
 	}
-	return s.add(ctx, record{topic: te.topic, key: key, headers: headers}, &pos)
+	return s.add(ctx, &record{topic: te.topic, key: s.keyBuf, headers: headers}, &pos)
 }
 
 // samePK reports whether two rows carry the same primary key text.

@@ -2,8 +2,8 @@ package kafka
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
+	"strconv"
 	"strings"
 
 	"github.com/jackc/pgx/v5"
@@ -45,15 +45,17 @@ type snapshotRun struct {
 	started bool
 	held    *heldRow
 	seq     int64
-	// done counts tables whose last row is acknowledged; emitted lists
-	// tables whose last row is buffered, to count once flushed.
+	// done counts tables whose last row is acknowledged; emittedTo counts
+	// tables whose last row is encoded (in a batch), to count once that
+	// batch is acknowledged.
 	done      int
 	emittedTo int
-	// acked and pending are each table's last acknowledged / last
-	// buffered row key.
-	acked   map[int][]string
-	pending map[int][]string
+	// after is, by table index, the snapshot header's "after": the key of
+	// the table's last acknowledged row as a JSON array.
+	after   map[int][]byte
 	current *tableEnc
+	// hdr is the header of the record being encoded.
+	hdr [1]kafkago.Header
 }
 
 type heldRow struct {
@@ -64,11 +66,13 @@ type heldRow struct {
 
 // StartSnapshot begins writing a snapshot taken at info.
 func (s *Sink) StartSnapshot(info SnapshotInfo) {
-	s.snap = snapshotRun{info: info, started: true, acked: map[int][]string{}, pending: map[int][]string{}}
+	s.snap = snapshotRun{info: info, started: true, after: map[int][]byte{}}
 }
 
-// SnapshotRows writes a batch of t's rows (op "r") and waits for the
-// broker's acks. last says that the batch ends the table. Tables come in
+// SnapshotRows writes a batch of t's rows (op "r"): it encodes them and
+// hands them to the broker, having waited for the acks of the batch before
+// (so the next batch is read and encoded while this one is written).
+// last says that the batch ends the table. Tables come in
 // the order the sink was made with; the markers follow Debezium 2.7
 // (source.snapshot "first", "first_in_data_collection", "true",
 // "last_in_data_collection", and "last" for the snapshot's very last row,
@@ -88,6 +92,11 @@ func (s *Sink) SnapshotRows(ctx context.Context, t *promoted.Table, rows []promo
 	s.snap.current = te
 	for i, row := range rows {
 		next := &heldRow{te: te, row: row, firstInTable: first && i == 0, lastInTable: last && i == len(rows)-1}
+		if s.cur.bytes >= s.cfg.FlushBytes {
+			if err := s.handoff(ctx); err != nil {
+				return err
+			}
+		}
 		if err := s.releaseHeld(ctx, false); err != nil {
 			return s.fail(err)
 		}
@@ -103,7 +112,7 @@ func (s *Sink) SnapshotRows(ctx context.Context, t *promoted.Table, rows []promo
 			s.snap.emittedTo = max(s.snap.emittedTo, te.index+1)
 		}
 	}
-	return s.snapshotFlush(ctx)
+	return s.handoff(ctx)
 }
 
 // FinishSnapshot writes the snapshot's last row (marked "last") and waits
@@ -115,7 +124,7 @@ func (s *Sink) FinishSnapshot(ctx context.Context) error {
 	if err := s.releaseHeld(ctx, true); err != nil {
 		return s.fail(err)
 	}
-	if err := s.snapshotFlush(ctx); err != nil {
+	if err := s.Flush(ctx); err != nil {
 		return err
 	}
 	s.snap.started = false
@@ -141,45 +150,78 @@ func (s *Sink) releaseHeld(ctx context.Context, final bool) error {
 	case h.firstInTable:
 		marker = "first_in_data_collection"
 	}
-	src := source{ts: s.now(), snapshot: marker, lsn: s.snap.info.LSN, txID: s.snap.info.TxID}
-	key, err := h.te.keyJSON(h.row)
-	if err != nil {
+	now := s.now()
+	src := source{ts: now, snapshot: marker, lsn: s.snap.info.LSN, txID: s.snap.info.TxID}
+	var err error
+	if s.keyBuf, err = h.te.appendKey(s.keyBuf[:0], h.row); err != nil {
 		return err
 	}
-	value, err := s.valueJSON(h.te, &envelope{op: 'r', after: h.row, src: src})
-	if err != nil {
+	if s.valBuf, err = s.appendValue(s.valBuf[:0], h.te, &envelope{op: 'r', after: h.row, src: src, now: now}); err != nil {
 		return err
 	}
 	s.snap.seq++
-	hdr, _ := json.Marshal(snapshotMark{Table: h.te.index, Seq: s.snap.seq, Done: s.snap.done, After: s.snap.acked[h.te.index]})
+	s.hdrBuf = s.appendSnapshotMark(s.hdrBuf[:0], h.te.index)
+	s.snap.hdr[0] = kafkago.Header{Key: snapshotHeader, Value: s.hdrBuf}
 	s.m.op('r')
-	if err := s.add(ctx, record{topic: h.te.topic, key: key, value: value,
-		headers: []kafkago.Header{{Key: snapshotHeader, Value: hdr}}}, nil); err != nil {
+	if err := s.add(ctx, &record{topic: h.te.topic, key: s.keyBuf, head: h.te.valueHead, value: s.valBuf, headers: s.snap.hdr[:]}, nil); err != nil {
 		return err
 	}
-	s.snap.pending[h.te.index] = pkText(h.te.table, h.row)
+	b := s.cur
+	if b.snapLast == nil {
+		b.snapLast = make([]promoted.Row, len(s.order))
+	}
+	b.snapLast[h.te.index] = h.row
 	if h.lastInTable {
 		s.snap.emittedTo = max(s.snap.emittedTo, h.te.index+1)
 	}
 	return nil
 }
 
-func (s *Sink) snapshotFlush(ctx context.Context) error {
-	if err := s.Flush(ctx); err != nil {
-		return err
+// appendSnapshotMark renders the snapshot header (a snapshotMark) of the
+// record being encoded, from what acknowledged batches completed.
+func (s *Sink) appendSnapshotMark(b []byte, table int) []byte {
+	b = append(b, `{"table":`...)
+	b = strconv.AppendInt(b, int64(table), 10)
+	b = append(b, `,"seq":`...)
+	b = strconv.AppendInt(b, s.snap.seq, 10)
+	b = append(b, `,"done":`...)
+	b = strconv.AppendInt(b, int64(s.snap.done), 10)
+	b = append(b, `,"after":`...)
+	if a := s.snap.after[table]; a != nil {
+		b = append(b, a...)
+	} else {
+		b = append(b, "null"...)
 	}
-	for t, k := range s.snap.pending {
-		s.snap.acked[t] = k
-	}
-	clear(s.snap.pending)
-	// A table is done once its last row is acknowledged: not while that
-	// row is still held back.
+	return append(b, '}')
+}
+
+// snapDone is how many tables will be wholly written once what is
+// encoded so far is acknowledged: not a table whose last row is still
+// held back.
+func (s *Sink) snapDone() int {
 	done := s.snap.emittedTo
 	if h := s.snap.held; h != nil && h.te.index < done {
 		done = h.te.index
 	}
-	s.snap.done = max(s.snap.done, done)
-	return nil
+	return done
+}
+
+// completed notes what an acknowledged batch completes of the snapshot:
+// each table's last row in it, and the tables wholly written.
+func (s *Sink) completed(b *batch) {
+	for t, row := range b.snapLast {
+		if row != nil && s.snap.after != nil {
+			a := []byte{'['}
+			for i, k := range pkText(s.order[t].table, row) {
+				if i > 0 {
+					a = append(a, ',')
+				}
+				a = appendJSONString(a, k)
+			}
+			s.snap.after[t] = append(a, ']')
+		}
+	}
+	s.snap.done = max(s.snap.done, b.snapDone)
 }
 
 // pkText is a row's primary key as PostgreSQL text, in key order.
@@ -231,26 +273,40 @@ func (s *Sink) SnapshotTable(ctx context.Context, conn *pgx.Conn, t *promoted.Ta
 		return fmt.Errorf("snapshot %s: %w", t, err)
 	}
 	defer rows.Close()
-	var buf []promoted.Row
+	// Each batch's rows and values live in a few large allocations of its
+	// own (not reused: the sink keeps the last rows until acknowledged).
+	var (
+		buf   []promoted.Row
+		vals  []promoted.Value
+		arena []byte
+	)
 	for rows.Next() {
 		raw := rows.RawValues()
-		row := make(promoted.Row, len(t.Columns))
+		if len(vals) < len(t.Columns) {
+			vals = make([]promoted.Value, batch*len(t.Columns))
+		}
+		row := promoted.Row(vals[:len(t.Columns):len(t.Columns)])
+		vals = vals[len(t.Columns):]
 		for i := range row {
 			row[i].Kind = promoted.Unchanged
 		}
 		for j, v := range raw {
 			if v == nil {
 				row[idx[j]] = promoted.Value{Kind: promoted.Null}
-			} else {
-				row[idx[j]] = promoted.Value{Kind: promoted.Text, Data: append([]byte(nil), v...)}
+				continue
 			}
+			if len(arena)+len(v) > cap(arena) {
+				arena = make([]byte, 0, max(256<<10, len(v)))
+			}
+			arena = append(arena, v...)
+			row[idx[j]] = promoted.Value{Kind: promoted.Text, Data: arena[len(arena)-len(v) : len(arena) : len(arena)]}
 		}
 		buf = append(buf, row)
 		if len(buf) == batch {
 			if err := s.SnapshotRows(ctx, t, buf, false); err != nil {
 				return err
 			}
-			buf = nil
+			buf, vals, arena = nil, nil, nil
 		}
 	}
 	if err := rows.Err(); err != nil {

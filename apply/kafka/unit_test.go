@@ -2,8 +2,10 @@ package kafka
 
 import (
 	"context"
+	"hash/crc32"
 	"math"
 	"math/big"
+	"math/rand/v2"
 	"os/exec"
 	"strings"
 	"testing"
@@ -229,6 +231,63 @@ func TestKafkaJavaFormatting(t *testing.T) {
 	}
 	if epochDays(2016, 11, 4) != 17109 || epochDays(0, 3, 1) != -719468 {
 		t.Error("epochDays is off")
+	}
+}
+
+// TestKafkaShortDecimal checks that the int64 path for precise decimals
+// writes what the big.Int path writes, and leaves what it cannot do to it.
+func TestKafkaShortDecimal(t *testing.T) {
+	rng := rand.New(rand.NewPCG(1, 2))
+	texts := []string{"-10.50", "0", "-0", "0.00", "-0.00", "1", "-1", "127", "128", "-128", "-129", "1.5", "10.50", "999999999999999999",
+		"-999999999999999999", "9999999999999999999", "0.000000000000000001", "123456789012345678.9", ".5", "5.", "00012.3400",
+		"1e5", "--1", "1.2.3", "", "-", ".", "NaN", "Infinity", "12345678901234567890123", "9223372036854775807", "-9223372036854775808"}
+	for i := 0; i < 2000; i++ {
+		var sb strings.Builder
+		if rng.IntN(2) == 0 {
+			sb.WriteByte('-')
+		}
+		for n := rng.IntN(20); n >= 0; n-- {
+			sb.WriteByte(byte('0' + rng.IntN(10)))
+		}
+		if rng.IntN(3) > 0 {
+			sb.WriteByte('.')
+			for n := rng.IntN(8); n > 0; n-- {
+				sb.WriteByte(byte('0' + rng.IntN(10)))
+			}
+		}
+		texts = append(texts, sb.String())
+	}
+	for _, c := range []*codec{{conv: convVarDecimal}, {conv: convDecimal, scale: 0}, {conv: convDecimal, scale: 2}, {conv: convDecimal, scale: 7}} {
+		for _, text := range texts {
+			fast, ok := c.appendShortDecimal(nil, []byte(text))
+			slow, err := c.appendTemporalOrNumeric(nil, text)
+			if ok && (err != nil || string(fast) != string(slow)) {
+				t.Errorf("conv %d scale %d %q: short %s, big %s (%v)", c.conv, c.scale, text, fast, slow, err)
+			}
+			if !ok && text == "-10.50" && (c.conv == convVarDecimal || c.scale >= 2) {
+				t.Errorf("conv %d scale %d %q: the int64 path refused it", c.conv, c.scale, text)
+			}
+		}
+	}
+}
+
+// TestKafkaCRCCombine checks the CRC-32C of a record set assembled from
+// its parts against the CRC of the whole.
+func TestKafkaCRCCombine(t *testing.T) {
+	rng := rand.New(rand.NewPCG(3, 4))
+	tab := crc32.MakeTable(crc32.Castagnoli)
+	for _, n := range []int{0, 1, 7, 40, 61, 1000, 65536, 1 << 20} {
+		data := make([]byte, n+40)
+		for i := range data {
+			data[i] = byte(rng.IntN(256))
+		}
+		for _, cut := range []int{0, 1, 40, len(data)} {
+			a, b := data[:cut], data[cut:]
+			got := crc32Combine(crc32.Checksum(a, tab), crc32.Checksum(b, tab), len(b))
+			if want := crc32.Checksum(data, tab); got != want {
+				t.Errorf("%d bytes cut at %d: combined %08x, want %08x", len(data), cut, got, want)
+			}
+		}
 	}
 }
 
