@@ -99,7 +99,8 @@ func TestProductionBinaryHasNoFaultHooks(t *testing.T) {
 // TestSummaryJSON: promote and cleanup write their summaries as JSON for
 // automation, and the numbers are the moved rows: rows copied plus the
 // changes applied (no writers here: none) equal the tenant's rows, and
-// cleanup reports deleting exactly them.
+// cleanup reports deleting exactly them. Between them, status names
+// cleanup and rollback as the ways on; after cleanup, nothing.
 func TestSummaryJSON(t *testing.T) {
 	ctx := context.Background()
 	s := src.NewSaaS(t, 40, 2)
@@ -126,6 +127,11 @@ func TestSummaryJSON(t *testing.T) {
 	if p.Tenant != "1" || p.Outcome != "promoted" || p.RowsCopied != tenantRows || p.BlockedMS <= 0 || p.CatalogVersion != 2 || !p.RollbackPossible {
 		t.Errorf("promote summary %+v; the tenant has %d rows", p, tenantRows)
 	}
+	// status after the flip: nothing stuck, and the two ways on named.
+	if m := statusJSON(t, s.Mover, 0); len(m) != 1 || m[0].Kind != "promote" || m[0].Stuck ||
+		!strings.Contains(m[0].Next, "promoted cleanup") || !strings.Contains(m[0].Next, "promoted rollback") {
+		t.Errorf("status after the flip: %+v", m)
+	}
 	if code, _, stderr := runCLI(t, "cleanup", "--source", s.Mover, "--tenant", "1", "--summary-json", cleanupJSON); code != 0 {
 		t.Fatalf("cleanup exited %d: %s", code, stderr)
 	}
@@ -139,6 +145,9 @@ func TestSummaryJSON(t *testing.T) {
 	}
 	if deleted != tenantRows {
 		t.Errorf("cleanup summary %+v: %d rows deleted, the tenant had %d", c, deleted, tenantRows)
+	}
+	if m := statusJSON(t, s.Mover, 0); len(m) != 1 || m[0].Stuck || !strings.Contains(m[0].Next, "nothing: the move has ended") {
+		t.Errorf("status after cleanup: %+v", m)
 	}
 }
 
