@@ -11,6 +11,7 @@ import (
 
 	"github.com/promoted/promoted"
 	"github.com/promoted/promoted/db"
+	"github.com/promoted/promoted/schema"
 	"github.com/promoted/promoted/snapshot"
 	"github.com/promoted/promoted/state"
 )
@@ -153,7 +154,20 @@ func (j *Job) createSlot(ctx context.Context, src *pgx.Conn) (*pgconn.PgConn, *s
 	if err != nil {
 		return nil, nil, err
 	}
+	if j.Hooks.BeforeSlot != nil {
+		j.Hooks.BeforeSlot()
+	}
 	slot, err := snapshot.CreateSlot(ctx, repl, j.names.Slot)
+	if err == nil {
+		// The plan was read before the snapshot: a column changed in
+		// between would be missing from the copy, and a replica, which
+		// follows added columns from the stream on, would never learn the
+		// values rows took before the snapshot. Compared under it.
+		var now map[string]string
+		if now, err = schema.DefinitionsAt(ctx, src, j.plan.Tables, slot.SnapshotName); err == nil {
+			err = j.plan.DriftFrom(now)
+		}
+	}
 	if err == nil {
 		j.setPhase("snapshot")
 		err = j.recordPhase(ctx, state.PhaseCopy)

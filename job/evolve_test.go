@@ -88,12 +88,7 @@ func TestReplicaFollowsAddAndDropColumn(t *testing.T) {
 // the replica stops with one clear line and applies nothing after it.
 func TestReplicaRefusesAnotherSchemaChange(t *testing.T) {
 	ctx := context.Background()
-	s := src.NewSaaS(t, 20, 3)
-	d := dst.NewTenantDB(t)
-	j, err := New(Config{SourceDSN: s.Mover, TargetDSN: d.Mover, Tenant: "1", TargetSchema: "public", Tables: movedTables}, testLogger(t))
-	if err != nil {
-		t.Fatal(err)
-	}
+	j, s, d := smallReplica(t)
 	rctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	done := make(chan error, 1)
@@ -171,4 +166,42 @@ func TestKafkaReplicaFollowsAddAndDropColumn(t *testing.T) {
 	for _, d := range diffs {
 		t.Error(d)
 	}
+}
+
+// TestColumnChangedBeforeTheSnapshot: a column added (and filled) after
+// the plan was read but before the slot's snapshot would be missing from
+// the copy, while the stream, starting after it, never carries the
+// values rows took in between. The move compares the definitions under
+// the snapshot and refuses, before copying anything.
+func TestColumnChangedBeforeTheSnapshot(t *testing.T) {
+	ctx := context.Background()
+	j, s, d := smallReplica(t)
+	j.Hooks.BeforeSlot = func() {
+		mustExec(t, ctx, s.Admin, `ALTER TABLE customers ADD COLUMN tier text`)
+		mustExec(t, ctx, s.Admin, `UPDATE customers SET tier = 'gold' WHERE tenant_id = 1`)
+	}
+	rctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	err := j.Run(rctx)
+	if err == nil || !strings.Contains(err.Error(), "changed on the source") || !strings.Contains(err.Error(), "tier") {
+		t.Fatalf("a column added between the plan and the snapshot: %v, want a refusal naming it", err)
+	}
+	if n := queryOne[int64](t, ctx, d.Admin, `SELECT count(*) FROM pg_tables WHERE schemaname = 'public' AND tablename = 'customers'`); n == 1 {
+		if rows := queryOne[int64](t, ctx, d.Admin, `SELECT count(*) FROM public.customers`); rows != 0 {
+			t.Fatalf("%d customers copied although the move was refused", rows)
+		}
+	}
+}
+
+// smallReplica makes, without running it, a replica of tenant 1 of a
+// small pooled database into a fresh database.
+func smallReplica(t *testing.T) (*Job, testenv.TenantDB, testenv.TenantDB) {
+	t.Helper()
+	s := src.NewSaaS(t, 20, 3)
+	d := dst.NewTenantDB(t)
+	j, err := New(Config{SourceDSN: s.Mover, TargetDSN: d.Mover, Tenant: "1", TargetSchema: "public", Tables: movedTables}, testLogger(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return j, s, d
 }

@@ -25,6 +25,9 @@ import (
 
 // Hooks let tests inject faults and observe the irreversible steps.
 type Hooks struct {
+	// BeforeSlot runs after the plan is recorded, just before the slot and
+	// its exported snapshot are created.
+	BeforeSlot func()
 	// AfterChunk runs after each copied chunk is committed on the target.
 	AfterChunk func(table string)
 	// AfterKeys runs once the target's keys and foreign keys are built,

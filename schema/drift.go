@@ -33,6 +33,20 @@ func Definitions(ctx context.Context, conn *pgx.Conn, tables []*promoted.Table) 
 	return definitions(ctx, tx, tables)
 }
 
+// DefinitionsAt reads the definitions as the exported snapshot sees them:
+// what the copy under that snapshot will read.
+func DefinitionsAt(ctx context.Context, conn *pgx.Conn, tables []*promoted.Table, snapshot string) (map[string]string, error) {
+	tx, err := conn.BeginTx(ctx, pgx.TxOptions{IsoLevel: pgx.RepeatableRead, AccessMode: pgx.ReadOnly})
+	if err != nil {
+		return nil, fmt.Errorf("read table definitions at the snapshot: %w", err)
+	}
+	defer tx.Rollback(context.Background())
+	if _, err := tx.Exec(ctx, "SET TRANSACTION SNAPSHOT "+promoted.QuoteLiteral(snapshot)); err != nil {
+		return nil, fmt.Errorf("read table definitions at the snapshot: %w", err)
+	}
+	return definitions(ctx, tx, tables)
+}
+
 func definitions(ctx context.Context, tx pgx.Tx, tables []*promoted.Table) (map[string]string, error) {
 	if _, err := tx.Exec(ctx, "SET LOCAL search_path = pg_catalog"); err != nil {
 		return nil, fmt.Errorf("read table definitions: %w", err)
