@@ -5,11 +5,13 @@ import (
 	"errors"
 	"time"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 	"golang.org/x/sync/errgroup"
 
 	"github.com/promoted/promoted"
 	"github.com/promoted/promoted/apply"
+	"github.com/promoted/promoted/db"
 	"github.com/promoted/promoted/snapshot"
 	"github.com/promoted/promoted/state"
 	"github.com/promoted/promoted/stream"
@@ -119,6 +121,12 @@ func (j *Job) reportProgress(ctx context.Context) func() {
 		defer t.Stop()
 		var last promoted.LSN
 		since := time.Now()
+		var rec *pgx.Conn // the session that records the copy's progress
+		defer func() {
+			if rec != nil {
+				rec.Close(context.Background())
+			}
+		}()
 		for {
 			select {
 			case <-ctx.Done():
@@ -130,6 +138,7 @@ func (j *Job) reportProgress(ctx context.Context) func() {
 				if !j.cfg.LiveProgress {
 					j.log.Info("progress", "stage", "snapshot", "rows_copied", j.RowsCopied())
 				}
+				rec = j.recordRows(ctx, rec)
 			case "catchup":
 				lag, applied := j.Lag(), j.Applied()
 				j.m.lag.Set(float64(lag))
@@ -154,4 +163,28 @@ func (j *Job) reportProgress(ctx context.Context) func() {
 		}
 	}()
 	return func() { cancel(); <-done }
+}
+
+// recordRows writes the copy's progress into the move's record for
+// status, on a session of its own (the job's is busy elsewhere), opened
+// on first use and dropped after a failure: progress is a report, and a
+// failed write is retried at the next tick, never a reason to stop.
+func (j *Job) recordRows(ctx context.Context, rec *pgx.Conn) *pgx.Conn {
+	p := j.Progress()
+	if p.RowsCopied == 0 {
+		return rec
+	}
+	var err error
+	if rec == nil {
+		if rec, err = db.Open(ctx, db.Source, j.cfg.SourceDSN, "promoted-progress"); err != nil {
+			j.log.Debug("record the copy's progress", "err", err)
+			return nil
+		}
+	}
+	if err = state.SetJobRows(ctx, rec, j.ID, p.RowsCopied, p.RowsEstimated); err != nil {
+		j.log.Debug("record the copy's progress", "err", err)
+		rec.Close(context.Background())
+		return nil
+	}
+	return rec
 }

@@ -134,6 +134,9 @@ func (j *Job) start(ctx context.Context, src, dst *pgx.Conn) error {
 	if err := state.WriteProgress(ctx, dst, prog); err != nil {
 		return err
 	}
+	if err := state.SetJobRows(ctx, src, j.ID, rows, j.est.rows.Load()); err != nil {
+		return err
+	}
 	ok = true
 	err = j.catchup(ctx, repl, slot.ConsistentPoint)
 	if db.Transient(err) && ctx.Err() == nil {

@@ -38,6 +38,10 @@ type MoveStatus struct {
 	FenceArmed bool       `json:"fence_armed"`
 	FenceSince *time.Time `json:"fence_since,omitempty"`
 	BlockedMS  *int64     `json:"blocked_ms,omitempty"`
+	// RowsCopied of RowsEstimated (the planner's estimate of the tenant's
+	// rows), as the copy last recorded them.
+	RowsCopied    *int64 `json:"rows_copied,omitempty"`
+	RowsEstimated *int64 `json:"rows_estimated,omitempty"`
 	// Next is what to run next; Stuck marks a move that needs a person (it
 	// failed, or stopped with no promoted running it).
 	Next  string `json:"next"`
@@ -58,7 +62,7 @@ func Status(ctx context.Context, sourceDSN string) ([]MoveStatus, error) {
 	out := make([]MoveStatus, 0, len(jobs))
 	for _, j := range jobs {
 		s := MoveStatus{Job: j.ID, Tenant: j.Tenant, Schema: j.Schema, Kind: j.Kind, Phase: j.Phase, Target: j.Target,
-			StartedAt: j.StartedAt, UpdatedAt: j.UpdatedAt, BlockedMS: j.BlockedMS}
+			StartedAt: j.StartedAt, UpdatedAt: j.UpdatedAt, BlockedMS: j.BlockedMS, RowsCopied: j.RowsCopied, RowsEstimated: j.RowsEstimated}
 		if j.Phase == state.PhaseFailed {
 			s.LastError = j.Outcome
 		}

@@ -65,8 +65,11 @@ type Job struct {
 	Phase      string
 	Outcome    string
 	BlockedMS  *int64
-	StartedAt  time.Time
-	UpdatedAt  time.Time
+	// RowsCopied and RowsEstimated are the copy's progress as the move
+	// last recorded it, for status (nil before the copy).
+	RowsCopied, RowsEstimated *int64
+	StartedAt                 time.Time
+	UpdatedAt                 time.Time
 }
 
 // Active reports whether the move may still need its fence triggers and
@@ -100,12 +103,12 @@ func RecordJob(ctx context.Context, q Querier, j *Job) error {
 
 const jobColumns = `job_id, tenant_id, schema_name, kind, target, phase, coalesce(outcome, ''), blocked_ms, started_at, updated_at,
     coalesce(tenant_column, ''), coalesce(tenant_type, ''), coalesce(target_schema, ''), coalesce(tables, '{}'), definitions,
-    coalesce(reverse_lsn::text, '')`
+    coalesce(reverse_lsn::text, ''), rows_copied, rows_estimated`
 
 func scanJob(row pgx.Row) (*Job, error) {
 	j := &Job{}
 	err := row.Scan(&j.ID, &j.Tenant, &j.Schema, &j.Kind, &j.Target, &j.Phase, &j.Outcome, &j.BlockedMS, &j.StartedAt, &j.UpdatedAt,
-		&j.TenantColumn, &j.TenantType, &j.TargetSchema, &j.Tables, &j.Definitions, &j.ReverseLSN)
+		&j.TenantColumn, &j.TenantType, &j.TargetSchema, &j.Tables, &j.Definitions, &j.ReverseLSN, &j.RowsCopied, &j.RowsEstimated)
 	return j, err
 }
 
@@ -164,6 +167,15 @@ func SetJobPhase(ctx context.Context, q Querier, id, phase, outcome string, bloc
 func SetReverse(ctx context.Context, q Querier, id, lsn string) error {
 	if _, err := q.Exec(ctx, `UPDATE promoted.jobs SET reverse_lsn = nullif($2, '')::pg_lsn, updated_at = now() WHERE job_id = $1`, id, lsn); err != nil {
 		return fmt.Errorf("record the rollback slot: %w", err)
+	}
+	return nil
+}
+
+// SetJobRows records the copy's progress (rows copied, and the planner's
+// estimate of the tenant's rows) in the move's record, for status.
+func SetJobRows(ctx context.Context, q Querier, id string, copied, estimated int64) error {
+	if _, err := q.Exec(ctx, `UPDATE promoted.jobs SET rows_copied = $2, rows_estimated = $3 WHERE job_id = $1`, id, copied, estimated); err != nil {
+		return fmt.Errorf("record the copy's progress on the source: %w", err)
 	}
 	return nil
 }

@@ -45,7 +45,7 @@ func status(ctx context.Context, args []string) error {
 		}
 	} else {
 		w := tabwriter.NewWriter(os.Stdout, 0, 0, 2, ' ', 0)
-		fmt.Fprintln(w, "TENANT\tKIND\tPHASE\tRUNNING\tLAG\tRETAINED WAL\tFENCE\tUPDATED\tNEXT")
+		fmt.Fprintln(w, "TENANT\tKIND\tPHASE\tROWS COPIED\tRUNNING\tLAG\tRETAINED WAL\tFENCE\tUPDATED\tNEXT")
 		for _, m := range moves {
 			running, fence := "no", "-"
 			if m.Running != "" {
@@ -58,7 +58,14 @@ func status(ctx context.Context, args []string) error {
 			if m.Slot != "" {
 				lag, retained = job.FormatBytes(m.LagBytes), job.FormatBytes(m.RetainedWAL)
 			}
-			fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", m.Tenant, m.Kind, m.Phase, running, lag, retained, fence,
+			rows := "-"
+			if m.RowsCopied != nil {
+				rows = fmt.Sprint(*m.RowsCopied)
+				if m.RowsEstimated != nil && *m.RowsEstimated > 0 {
+					rows += fmt.Sprintf(" of ~%d", *m.RowsEstimated)
+				}
+			}
+			fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", m.Tenant, m.Kind, m.Phase, rows, running, lag, retained, fence,
 				m.UpdatedAt.Format("2006-01-02 15:04:05"), m.Next)
 		}
 		w.Flush()

@@ -32,6 +32,11 @@ func TestStatusSaysWhatToRunNext(t *testing.T) {
 	if m.Kind != "replicate" || m.Phase != "catchup" || m.Running == "" || m.Slot == "" || m.Stuck {
 		t.Errorf("a running replica: %+v", m)
 	}
+	// The copy's rows, of the planner's estimate, as it recorded them.
+	copied := queryOne[int64](t, ctx, dstDSN, `SELECT rows_copied FROM promoted.progress WHERE job_id = $1`, jobID)
+	if m.RowsCopied == nil || *m.RowsCopied != copied || copied == 0 || m.RowsEstimated == nil || *m.RowsEstimated <= 0 {
+		t.Errorf("status of a copied replica: rows %v of %v, the target records %d copied", m.RowsCopied, m.RowsEstimated, copied)
+	}
 	code, out, _ := runCLI(t, "status", "--source", srcDSN)
 	if code != 0 || !strings.Contains(out, "replicate") || !strings.Contains(out, "running") {
 		t.Errorf("status of a running move exited %d:\n%s", code, out)
