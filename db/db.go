@@ -144,3 +144,19 @@ func Redact(dsn string) string {
 	}
 	return fmt.Sprintf("postgres://%s@%s:%d/%s", cfg.User, cfg.Host, cfg.Port, cfg.Database)
 }
+
+// BeginAt begins a read-only repeatable-read transaction on conn that reads
+// at the exported snapshot (SET TRANSACTION SNAPSHOT), so it sees exactly
+// what the copy under that snapshot reads. With snapshot "" it reads at a
+// snapshot of its own.
+func BeginAt(ctx context.Context, conn *pgx.Conn, snapshot string) (pgx.Tx, error) {
+	tx, err := conn.BeginTx(ctx, pgx.TxOptions{IsoLevel: pgx.RepeatableRead, AccessMode: pgx.ReadOnly})
+	if err != nil || snapshot == "" {
+		return tx, err
+	}
+	if _, err := tx.Exec(ctx, "SET TRANSACTION SNAPSHOT "+promoted.QuoteLiteral(snapshot)); err != nil {
+		tx.Rollback(context.Background())
+		return nil, fmt.Errorf("import snapshot %s: %w", snapshot, err)
+	}
+	return tx, nil
+}

@@ -191,14 +191,11 @@ func (j *Job) writeSnapshot(ctx context.Context, sink *kafka.Sink, name string, 
 		return err
 	}
 	defer conn.Close(context.Background())
-	tx, err := conn.BeginTx(ctx, pgx.TxOptions{IsoLevel: pgx.RepeatableRead, AccessMode: pgx.ReadOnly})
+	tx, err := db.BeginAt(ctx, conn, name)
 	if err != nil {
 		return fmt.Errorf("snapshot: %w", err)
 	}
 	defer tx.Rollback(context.Background())
-	if _, err := tx.Exec(ctx, "SET TRANSACTION SNAPSHOT "+promoted.QuoteLiteral(name)); err != nil {
-		return fmt.Errorf("snapshot: import: %w", err)
-	}
 	start := time.Now()
 	// A read-only snapshot transaction has no xid of its own: txId stays
 	// empty, as Debezium's would for a snapshot on a standby.

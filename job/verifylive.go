@@ -98,14 +98,11 @@ func (j *Job) atConsistentPoint(ctx context.Context, compare func(ctx context.Co
 	if _, err := src.Exec(ctx, "SELECT pg_logical_emit_message(true, 'promoted-verify', '')"); err != nil {
 		return nil, fmt.Errorf("verify: %w", err)
 	}
-	tx, err := src.BeginTx(ctx, pgx.TxOptions{IsoLevel: pgx.RepeatableRead, AccessMode: pgx.ReadOnly})
+	tx, err := db.BeginAt(ctx, src, slot.SnapshotName)
 	if err != nil {
 		return nil, fmt.Errorf("verify: %w", err)
 	}
 	defer tx.Rollback(context.Background())
-	if _, err := tx.Exec(ctx, "SET TRANSACTION SNAPSHOT "+promoted.QuoteLiteral(slot.SnapshotName)); err != nil {
-		return nil, fmt.Errorf("verify: import snapshot: %w", err)
-	}
 	dst, err := db.Open(ctx, db.Target, j.cfg.TargetDSN, "promoted-verify")
 	if err != nil {
 		return nil, err

@@ -9,6 +9,7 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/promoted/promoted"
+	"github.com/promoted/promoted/db"
 )
 
 // definitionSQL describes a table's columns as the move depends on them:
@@ -25,25 +26,17 @@ const definitionSQL = `SELECT coalesce(string_agg(format('%I %s%s%s%s', a.attnam
 // Definitions reads the current definition of each table's columns on the
 // source, keyed by table.
 func Definitions(ctx context.Context, conn *pgx.Conn, tables []*promoted.Table) (map[string]string, error) {
-	tx, err := conn.BeginTx(ctx, pgx.TxOptions{AccessMode: pgx.ReadOnly})
+	return DefinitionsAt(ctx, conn, tables, "")
+}
+
+// DefinitionsAt reads the definitions as the exported snapshot sees them:
+// what the copy under that snapshot will read ("": as of now).
+func DefinitionsAt(ctx context.Context, conn *pgx.Conn, tables []*promoted.Table, snapshot string) (map[string]string, error) {
+	tx, err := db.BeginAt(ctx, conn, snapshot)
 	if err != nil {
 		return nil, fmt.Errorf("read table definitions: %w", err)
 	}
 	defer tx.Rollback(context.Background())
-	return definitions(ctx, tx, tables)
-}
-
-// DefinitionsAt reads the definitions as the exported snapshot sees them:
-// what the copy under that snapshot will read.
-func DefinitionsAt(ctx context.Context, conn *pgx.Conn, tables []*promoted.Table, snapshot string) (map[string]string, error) {
-	tx, err := conn.BeginTx(ctx, pgx.TxOptions{IsoLevel: pgx.RepeatableRead, AccessMode: pgx.ReadOnly})
-	if err != nil {
-		return nil, fmt.Errorf("read table definitions at the snapshot: %w", err)
-	}
-	defer tx.Rollback(context.Background())
-	if _, err := tx.Exec(ctx, "SET TRANSACTION SNAPSHOT "+promoted.QuoteLiteral(snapshot)); err != nil {
-		return nil, fmt.Errorf("read table definitions at the snapshot: %w", err)
-	}
 	return definitions(ctx, tx, tables)
 }
 

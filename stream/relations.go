@@ -2,7 +2,6 @@ package stream
 
 import (
 	"fmt"
-	"strings"
 
 	"github.com/jackc/pglogrepl"
 
@@ -12,9 +11,10 @@ import (
 // relation maps one pgoutput Relation message onto a planned table. pgoutput
 // numbers relations by OID and sends their column list before first use and
 // after every change to the definition, so the map is rebuilt on each
-// Relation message and checked against the plan: a column added, dropped or
-// retyped on the source stops the stream with a clear error rather than
-// losing or misplacing a value (docs/hazards.md 2.3, 7.3).
+// Relation message, once relationChange has compared it with the table's
+// definition: a column retyped on the source (or added or dropped, unless
+// the stream follows those) stops the stream with a clear error rather
+// than losing or misplacing a value (docs/hazards.md 2.3, 7.3).
 type relation struct {
 	table *promoted.Table
 	// cols[i] is the index in table.Columns of the relation's i-th column.
@@ -39,35 +39,19 @@ func (e *ErrSchemaChanged) Error() string {
 	return fmt.Sprintf("table %s changed on the source during the move (%s): schema changes are not supported yet; cancel the move with `promoted cancel`, apply the same change to the target, and start again", e.Table, e.Detail)
 }
 
+// mapRelation maps a Relation message onto the table's definition, which
+// relationChange has already checked against it (or followed).
 func mapRelation(m *pglogrepl.RelationMessage, table *promoted.Table) (*relation, error) {
 	r := &relation{table: table, cols: make([]int, len(m.Columns))}
-	seen := make(map[int]bool, len(m.Columns))
 	for i, c := range m.Columns {
 		idx := table.ColumnIndex(c.Name)
 		if idx < 0 {
 			return nil, &ErrSchemaChanged{Table: table.String(), Detail: fmt.Sprintf("column %q was added", c.Name)}
 		}
-		col := table.Columns[idx]
-		if col.Generated {
-			return nil, &ErrSchemaChanged{Table: table.String(), Detail: fmt.Sprintf("column %q is no longer generated", c.Name)}
-		}
-		if col.TypeOID != 0 && c.DataType != col.TypeOID {
-			return nil, &ErrSchemaChanged{Table: table.String(), Detail: fmt.Sprintf("column %q changed type", c.Name)}
-		}
 		r.cols[i] = idx
-		seen[idx] = true
 		if c.Flags&1 != 0 {
 			r.identity = append(r.identity, idx)
 		}
-	}
-	var missing []string
-	for i, c := range table.Columns {
-		if !c.Generated && !seen[i] {
-			missing = append(missing, c.Name)
-		}
-	}
-	if len(missing) > 0 {
-		return nil, &ErrSchemaChanged{Table: table.String(), Detail: fmt.Sprintf("column %s was dropped", strings.Join(missing, ", "))}
 	}
 	r.keyInIdentity = true
 	for _, k := range table.PrimaryKey {
