@@ -66,6 +66,12 @@ type Column struct {
 	// row that existed before the ADD COLUMN holds. pgoutput never sends
 	// those rows again, so the target must give them this value itself.
 	Missing string
+	// Virtual marks the tenant column of a table that lacks it on the
+	// source: a dedicated table being demoted, all of whose rows are the
+	// tenant's. The target has the column; the source's rows and changes
+	// get the tenant's value (Table.SourceRelation, and the stream fills
+	// it into every row).
+	Virtual bool
 }
 
 // Table is one table of the tenant's data: where it lives on the source,
@@ -262,6 +268,24 @@ type RowFetcher interface {
 // string (a % in a tenant id is data).
 func (t *Table) TenantPredicate() string {
 	return QuoteIdent(t.Columns[t.Tenant].Name) + " = " + t.TenantValue()
+}
+
+// Whole reports whether the table lacks the tenant column on the source,
+// so that all of its rows are the tenant's (see Column.Virtual).
+func (t *Table) Whole() bool { return t.Columns[t.Tenant].Virtual }
+
+// SourceRelation is what a query of the tenant's source rows reads FROM:
+// the quoted table, or, for a table without the tenant column, a
+// subquery that adds it with the tenant's value under the table's own
+// name. TenantPredicate and the column list then read the same on both
+// sides; the planner flattens the subquery and folds the predicate to
+// true, so keys are still looked up by index.
+func (t *Table) SourceRelation() string {
+	name := QuoteIdent(t.Schema) + "." + QuoteIdent(t.Name)
+	if !t.Whole() {
+		return name
+	}
+	return "(SELECT *, " + t.TenantValue() + " AS " + QuoteIdent(t.Columns[t.Tenant].Name) + " FROM " + name + ") AS " + QuoteIdent(t.Name)
 }
 
 // TenantValue is the tenant as an SQL literal of the tenant column's type

@@ -47,7 +47,7 @@ func InstallFence(ctx context.Context, src *pgx.Conn, schema string, tables []*p
 	}
 	defer unlock()
 	for _, t := range tables {
-		fn, ddl := state.FenceFunction(t.Columns[t.Tenant].Name)
+		fn, ddl := state.TableFenceFunction(t)
 		if _, err := src.Exec(ctx, ddl); err != nil {
 			return fmt.Errorf("install fence function for %s: %w", t, err)
 		}
@@ -94,7 +94,7 @@ func triggersInPlace(ctx context.Context, q state.Querier, t *promoted.Table, fn
 // checkTriggers fails unless every table's fence triggers are in place.
 func checkTriggers(ctx context.Context, q state.Querier, tables []*promoted.Table) error {
 	for _, t := range tables {
-		fn, _ := state.FenceFunction(t.Columns[t.Tenant].Name)
+		fn, _ := state.TableFenceFunction(t)
 		ok, err := triggersInPlace(ctx, q, t, fn)
 		if err != nil {
 			return fmt.Errorf("check the fence triggers of %s: %w", t, err)

@@ -41,6 +41,42 @@ func checkPooled(ctx context.Context, src, dst *pgx.Conn, plan *schema.Plan, res
 	return nil
 }
 
+// tenantColumns reads the tenant column of each pooled table of schema
+// that has one, by table name, with its type as the plan prints types: a
+// dedicated table without the column is demoted whole, and gets it with
+// this type (schema.Config.TargetTenant).
+func tenantColumns(ctx context.Context, dst *pgx.Conn, schema, column string) (map[string]promoted.Column, error) {
+	tx, err := dst.BeginTx(ctx, pgx.TxOptions{AccessMode: pgx.ReadOnly})
+	if err != nil {
+		return nil, fmt.Errorf("read the pooled tenant columns: %w", err)
+	}
+	defer tx.Rollback(context.Background())
+	if _, err := tx.Exec(ctx, "SET LOCAL search_path = pg_catalog"); err != nil {
+		return nil, fmt.Errorf("read the pooled tenant columns: %w", err)
+	}
+	rows, err := tx.Query(ctx, `SELECT c.relname::text, format_type(a.atttypid, a.atttypmod), a.atttypid::int8, a.attnotnull
+	   FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+	   JOIN pg_attribute a ON a.attrelid = c.oid AND a.attname = $2 AND a.attnum > 0 AND NOT a.attisdropped
+	  WHERE n.nspname = $1 AND c.relkind IN ('r', 'p')`, schema, column)
+	if err != nil {
+		return nil, fmt.Errorf("read the pooled tenant columns: %w", err)
+	}
+	out := map[string]promoted.Column{}
+	var (
+		table string
+		oid   int64
+		c     = promoted.Column{Name: column}
+	)
+	if _, err := pgx.ForEachRow(rows, []any{&table, &c.Type, &oid, &c.NotNull}, func() error {
+		c.TypeOID = uint32(oid)
+		out[table] = c
+		return nil
+	}); err != nil {
+		return nil, fmt.Errorf("read the pooled tenant columns: %w", err)
+	}
+	return out, nil
+}
+
 // pooledColumn is a column of a pooled table, as the checks need it.
 type pooledColumn struct {
 	name, typ               string
@@ -248,7 +284,7 @@ func probe(ctx context.Context, src, dst *pgx.Conn, t *promoted.Table, cols []st
 	if _, err := tx.Exec(ctx, "CREATE TEMP TABLE "+tmp+" ON COMMIT DROP AS SELECT "+list+" FROM "+target+" WITH NO DATA"); err != nil {
 		return nil, fmt.Errorf("check %s (a demotion needs TEMPORARY on the pooled database): %w", target, err)
 	}
-	out := fmt.Sprintf("COPY (SELECT DISTINCT %s FROM %s WHERE %s AND %s) TO STDOUT", list, pgx.Identifier{t.Schema, t.Name}.Sanitize(), t.TenantPredicate(), strings.Join(notNull, " AND "))
+	out := fmt.Sprintf("COPY (SELECT DISTINCT %s FROM %s WHERE %s AND %s) TO STDOUT", list, t.SourceRelation(), t.TenantPredicate(), strings.Join(notNull, " AND "))
 	pr, pw := io.Pipe()
 	done := make(chan error, 1)
 	go func() {

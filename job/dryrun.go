@@ -59,7 +59,10 @@ func (j *Job) dryRun(ctx context.Context, src, dst *pgx.Conn, plan *schema.Plan,
 	var rows int64
 	for _, t := range plan.Tables {
 		filter := "server row filter (the replica identity covers " + j.cfg.TenantColumn + ")"
-		if !t.ServerFilter {
+		switch {
+		case t.Whole():
+			filter = "whole table (it has no " + j.cfg.TenantColumn + ": every row is the tenant's, and the pooled " + j.cfg.TenantColumn + " gets " + t.TenantLiteral + ")"
+		case !t.ServerFilter:
 			filter = "filtered by promoted (the replica identity lacks " + j.cfg.TenantColumn + ": every tenant's changes of it are decoded)"
 		}
 		d.Tables = append(d.Tables, DryRunTable{Name: t.String(), Filter: filter, EstimatedRows: t.EstimatedRows, EstimatedBytes: t.EstimatedBytes})

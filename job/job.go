@@ -246,8 +246,15 @@ func (j *Job) run(ctx context.Context) error {
 	if same && j.cfg.TargetSchema == j.cfg.Schema {
 		return fmt.Errorf("target and source are the same database and --target-schema is %q, the source schema: pass --target-schema with a new schema name", j.cfg.TargetSchema)
 	}
+	var targetTenant map[string]promoted.Column
+	if j.cfg.Demote {
+		if targetTenant, err = tenantColumns(ctx, dst, j.cfg.TargetSchema, j.cfg.TenantColumn); err != nil {
+			return err
+		}
+	}
 	plan, err := schema.Load(ctx, src, schema.Config{Schema: j.cfg.Schema, TargetSchema: j.cfg.TargetSchema,
-		TenantColumn: j.cfg.TenantColumn, Tables: j.cfg.Tables, Sequences: j.cfg.Sequences, Tenant: promoted.Tenant(j.cfg.Tenant), SameDatabase: same})
+		TenantColumn: j.cfg.TenantColumn, Tables: j.cfg.Tables, Sequences: j.cfg.Sequences, Tenant: promoted.Tenant(j.cfg.Tenant), SameDatabase: same,
+		TargetTenant: targetTenant})
 	if err != nil {
 		return err
 	}
@@ -353,7 +360,10 @@ func (j *Job) run(ctx context.Context) error {
 	}
 	for _, t := range plan.Tables {
 		mode := "server row filter"
-		if !t.ServerFilter {
+		switch {
+		case t.Whole():
+			mode = "whole table (no " + j.cfg.TenantColumn + " on the source: every row is the tenant's)"
+		case !t.ServerFilter:
 			mode = "filtered by promoted (replica identity lacks " + j.cfg.TenantColumn + ")"
 		}
 		j.log.Info("table", "stage", "plan", "table", t.String(), "estimated_rows", t.EstimatedRows, "filter", mode)

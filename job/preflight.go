@@ -133,7 +133,7 @@ func checkTargetRole(ctx context.Context, dst *pgx.Conn, schema string) error {
 func checkNotEmpty(ctx context.Context, src *pgx.Conn, tables []*promoted.Table) error {
 	for _, t := range tables {
 		var any bool
-		if err := src.QueryRow(ctx, "SELECT EXISTS (SELECT 1 FROM "+pgx.Identifier{t.Schema, t.Name}.Sanitize()+" WHERE "+t.TenantPredicate()+")").Scan(&any); err != nil {
+		if err := src.QueryRow(ctx, "SELECT EXISTS (SELECT 1 FROM "+t.SourceRelation()+" WHERE "+t.TenantPredicate()+")").Scan(&any); err != nil {
 			return fmt.Errorf("preflight %s: %w", t, err)
 		}
 		if any {

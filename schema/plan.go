@@ -30,6 +30,11 @@ type Config struct {
 	// Sequences are sequences of Schema the application calls by name
 	// (nextval('invoice_no_seq')), moved besides those the tables use.
 	Sequences []string
+	// TargetTenant is set by a demotion: the tenant column of each target
+	// table that has it, by table name. A source table without the tenant
+	// column whose target has it is moved whole (a tenant that started
+	// dedicated): the column is planned as Virtual, with this type.
+	TargetTenant map[string]promoted.Column
 }
 
 // Sequence is a sequence a moved column draws its defaults from, on both
@@ -207,6 +212,13 @@ func (p *Plan) TableNames() []string {
 	return out
 }
 
+// whole reports whether a source table without the tenant column is moved
+// whole, because its target has the column (Config.TargetTenant).
+func (p *Plan) whole(table string) bool {
+	_, ok := p.cfg.TargetTenant[table]
+	return ok
+}
+
 type rel struct {
 	oid       uint32
 	name      string
@@ -239,14 +251,14 @@ func (p *Plan) findTables(ctx context.Context, tx pgx.Tx, nsp uint32) ([]rel, er
 			if i < 0 {
 				return nil, refuse("table %s.%s does not exist on the source: check --tables and --schema", p.cfg.Schema, name)
 			}
-			if !all[i].hasTenant {
+			if !all[i].hasTenant && !p.whole(name) {
 				return nil, refuse("table %s.%s has no column %s: add the tenant column to it, or leave it out of --tables", p.cfg.Schema, name, p.cfg.TenantColumn)
 			}
 			out = append(out, all[i])
 		}
 	} else {
 		for _, r := range all {
-			if r.hasTenant {
+			if r.hasTenant || p.whole(r.name) {
 				out = append(out, r)
 			}
 		}
@@ -290,6 +302,16 @@ func (p *Plan) readTable(ctx context.Context, tx pgx.Tx, r rel) (*promoted.Table
 		return nil, fmt.Errorf("plan %s: columns: %w", t, err)
 	}
 	t.Tenant = t.ColumnIndex(p.cfg.TenantColumn)
+	if t.Tenant < 0 {
+		// Moved whole (findTables checked there is a target column).
+		col := p.cfg.TargetTenant[r.name]
+		if col.TypeOID >= firstUserOID {
+			return nil, refuse("%s has no column %s, and the target's is of type %s, which is not built in: add the column to %s, or give the target's tenant column a built-in type", t, p.cfg.TenantColumn, col.Type, t)
+		}
+		col.Virtual, col.Generated, col.Identity, col.Missing = true, false, 0, ""
+		t.Columns = append(t.Columns, col)
+		t.Tenant = len(t.Columns) - 1
+	}
 	if t.Columns[t.Tenant].Generated {
 		return nil, refuse("the tenant column of %s is generated, so its changes cannot be told apart by tenant: move the table by a stored tenant column", t)
 	}
@@ -322,6 +344,10 @@ func (p *Plan) readTable(ctx context.Context, tx pgx.Tx, r rel) (*promoted.Table
 		}
 	}
 	switch {
+	case t.Whole():
+		// Every row and change is the tenant's: the publication needs no
+		// filter, and one the stream finds that is not is an error.
+		t.ServerFilter = true
 	case t.Columns[t.Tenant].TypeOID >= firstUserOID:
 		// Row filters accept built-in types only.
 	case t.ReplicaIdentity == 'f':
@@ -384,7 +410,7 @@ func (p *Plan) readTenant(ctx context.Context, tx pgx.Tx, t *promoted.Table) err
 		return refuse("the source role lacks SELECT on %s: GRANT SELECT ON %s TO the role", t, pgx.Identifier{t.Schema, t.Name}.Sanitize())
 	}
 	var out []byte
-	if err := tx.QueryRow(ctx, "EXPLAIN (FORMAT JSON) SELECT * FROM "+pgx.Identifier{t.Schema, t.Name}.Sanitize()+" WHERE "+t.TenantPredicate()).Scan(&out); err != nil {
+	if err := tx.QueryRow(ctx, "EXPLAIN (FORMAT JSON) SELECT * FROM "+t.SourceRelation()+" WHERE "+t.TenantPredicate()).Scan(&out); err != nil {
 		return fmt.Errorf("plan %s: estimate: %w", t, err)
 	}
 	var plans []struct {

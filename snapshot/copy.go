@@ -180,7 +180,7 @@ func (c *Copier) plan(ctx context.Context) ([]chunk, error) {
 		}
 		var lo, hi *int64
 		q := fmt.Sprintf("SELECT min(%[1]s)::bigint, max(%[1]s)::bigint FROM %[2]s WHERE %[3]s",
-			pgx.Identifier{col}.Sanitize(), pgx.Identifier{t.Schema, t.Name}.Sanitize(), t.TenantPredicate())
+			pgx.Identifier{col}.Sanitize(), t.SourceRelation(), t.TenantPredicate())
 		if err := conn.QueryRow(ctx, q).Scan(&lo, &hi); err != nil {
 			return nil, fmt.Errorf("plan copy of %s: %w", t, err)
 		}
@@ -277,7 +277,7 @@ func (c *Copier) copyChunk(ctx context.Context, src, dst *pgconn.PgConn, ch chun
 	}
 	cols := copyColumns(t)
 	query := fmt.Sprintf("COPY (SELECT %s FROM %s WHERE %s%s) TO STDOUT (FORMAT %s)",
-		cols, pgx.Identifier{t.Schema, t.Name}.Sanitize(), t.TenantPredicate(), ch.rangePredicate(), format)
+		cols, t.SourceRelation(), t.TenantPredicate(), ch.rangePredicate(), format)
 	into := fmt.Sprintf("COPY %s (%s) FROM STDIN (FORMAT %s)", pgx.Identifier{t.TargetSchema, t.TargetName}.Sanitize(), cols, format)
 
 	pr, pw := io.Pipe()

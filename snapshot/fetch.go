@@ -98,7 +98,7 @@ func (f *Fetcher) FetchRow(ctx context.Context, t *promoted.Table, key promoted.
 		params = append(params, key[k].Data)
 	}
 	q := fmt.Sprintf("SELECT %s FROM %s WHERE %s AND %s", strings.Join(cols, ", "),
-		pgx.Identifier{t.Schema, t.Name}.Sanitize(), t.TenantPredicate(), strings.Join(where, " AND "))
+		t.SourceRelation(), t.TenantPredicate(), strings.Join(where, " AND "))
 	res := f.conn.PgConn().ExecParams(ctx, q, params, nil, nil, nil).Read()
 	if res.Err != nil {
 		return nil, false, fmt.Errorf("fetch %s: %w", t, res.Err)

@@ -58,7 +58,7 @@ func CreatePublication(ctx context.Context, conn *pgx.Conn, name string, tables 
 			b.WriteString(", ")
 		}
 		b.WriteString(pgx.Identifier{t.Schema, t.Name}.Sanitize())
-		if t.ServerFilter {
+		if t.ServerFilter && !t.Whole() {
 			b.WriteString(" WHERE (")
 			b.WriteString(t.TenantPredicate())
 			b.WriteString(")")

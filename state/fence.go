@@ -44,8 +44,31 @@ const FenceSQLState = "PM001"
 // custom setting (docs/hazards.md 14.4).
 func FenceFunction(col string) (name, ddl string) {
 	h := sha256.Sum256([]byte(col))
-	name = "fence_" + hex.EncodeToString(h[:6])
 	c := promoted.QuoteIdent(col)
+	return fenceFunction("fence_"+hex.EncodeToString(h[:6]), "NEW."+c+"::text", "OLD."+c+"::text", "OLD."+c+" IS DISTINCT FROM NEW."+c)
+}
+
+// WholeFenceFunction is FenceFunction for tables without the tenant
+// column, all of whose rows are tenant's (a dedicated table being
+// demoted): every write to them is the tenant's.
+func WholeFenceFunction(tenant string) (name, ddl string) {
+	h := sha256.Sum256([]byte(tenant))
+	v := promoted.QuoteLiteral(tenant) + "::text"
+	return fenceFunction("fence_whole_"+hex.EncodeToString(h[:6]), v, v, "false")
+}
+
+// TableFenceFunction is the fence function of the table's triggers.
+func TableFenceFunction(t *promoted.Table) (name, ddl string) {
+	if t.Whole() {
+		return WholeFenceFunction(t.TenantLiteral)
+	}
+	return FenceFunction(t.Columns[t.Tenant].Name)
+}
+
+// fenceFunction builds the trigger function that reads the tenant of a
+// new row as newV and of an old one as oldV; moved is true when an UPDATE
+// changed the tenant.
+func fenceFunction(name, newV, oldV, moved string) (string, string) {
 	key := func(row string) string {
 		return `(SELECT jsonb_agg(to_jsonb(` + row + `) -> k.a ORDER BY k.o) FROM unnest(TG_ARGV) WITH ORDINALITY AS k(a, o))`
 	}
@@ -78,19 +101,19 @@ BEGIN
         RETURN NULL;
     END IF;
     IF TG_OP <> 'DELETE' THEN
-        v := NEW.%[2]s::text;
+        v := %[2]s;
         %[3]s
     END IF;
-    IF TG_OP = 'DELETE' OR (TG_OP = 'UPDATE' AND OLD.%[2]s IS DISTINCT FROM NEW.%[2]s) THEN
-        v := OLD.%[2]s::text;
+    IF TG_OP = 'DELETE' OR (TG_OP = 'UPDATE' AND %[5]s) THEN
+        v := %[6]s;
         %[4]s
     END IF;
     IF TG_OP = 'DELETE' THEN
         RETURN OLD;
     END IF;
     RETURN NEW;
-END`, FenceSQLState, c, check("NEW", oldToo), check("OLD", ""))
-	ddl = `CREATE OR REPLACE FUNCTION promoted.` + name + `() RETURNS trigger LANGUAGE plpgsql VOLATILE
+END`, FenceSQLState, newV, check("NEW", oldToo), check("OLD", ""), moved, oldV)
+	ddl := `CREATE OR REPLACE FUNCTION promoted.` + name + `() RETURNS trigger LANGUAGE plpgsql VOLATILE
     SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS ` + promoted.DollarQuote(body)
 	return name, ddl
 }

@@ -46,7 +46,7 @@ func (s *Stream) relationChange(ctx context.Context, m *pglogrepl.RelationMessag
 		}
 	}
 	for _, c := range t.Columns {
-		if !c.Generated && !inMsg[c.Name] {
+		if !c.Generated && !c.Virtual && !inMsg[c.Name] {
 			dropped = append(dropped, c.Name)
 		}
 	}
@@ -73,7 +73,7 @@ func (s *Stream) relationChange(ctx context.Context, m *pglogrepl.RelationMessag
 		next.Columns = append(next.Columns, col)
 	}
 	for _, c := range t.Columns {
-		if c.Generated {
+		if c.Generated || c.Virtual {
 			next.Columns = append(next.Columns, c)
 		}
 	}

@@ -24,6 +24,10 @@ type relation struct {
 	// keyInIdentity is true when every primary-key column is part of the
 	// replica identity, so old-key tuples carry the primary key.
 	keyInIdentity bool
+	// virtual is the index of a tenant column the source table lacks
+	// (promoted.Column.Virtual), filled with the tenant into every row,
+	// or -1.
+	virtual int
 }
 
 // ErrSchemaChanged reports DDL on a moved table during the move.
@@ -42,7 +46,12 @@ func (e *ErrSchemaChanged) Error() string {
 // mapRelation maps a Relation message onto the table's definition, which
 // relationChange has already checked against it (or followed).
 func mapRelation(m *pglogrepl.RelationMessage, table *promoted.Table) (*relation, error) {
-	r := &relation{table: table, cols: make([]int, len(m.Columns))}
+	r := &relation{table: table, cols: make([]int, len(m.Columns)), virtual: -1}
+	if table.Whole() {
+		// A constant is part of every identity.
+		r.virtual = table.Tenant
+		r.identity = append(r.identity, table.Tenant)
+	}
 	for i, c := range m.Columns {
 		idx := table.ColumnIndex(c.Name)
 		if idx < 0 {
@@ -76,6 +85,9 @@ func (r *relation) row(t *pglogrepl.TupleData) (promoted.Row, error) {
 	row := make(promoted.Row, len(r.table.Columns))
 	for i := range row {
 		row[i].Kind = promoted.Unchanged
+	}
+	if r.virtual >= 0 {
+		row[r.virtual] = promoted.Value{Kind: promoted.Text, Data: []byte(r.table.TenantLiteral)}
 	}
 	for i, c := range t.Columns {
 		v := &row[r.cols[i]]

@@ -35,7 +35,7 @@ type tableSQL struct {
 func newTableSQL(t *promoted.Table, collate []bool) *tableSQL {
 	ts := &tableSQL{
 		t:    t,
-		src:  pgx.Identifier{t.Schema, t.Name}.Sanitize(),
+		src:  t.SourceRelation(),
 		dst:  pgx.Identifier{t.TargetSchema, t.TargetName}.Sanitize(),
 		pred: t.TenantPredicate(),
 	}
