@@ -21,24 +21,39 @@ import (
 // another tenant already holds, or a row a foreign key points to that the
 // pooled database lacks. Each refusal is one line naming the fix.
 func checkPooled(ctx context.Context, src, dst *pgx.Conn, plan *schema.Plan, resumed bool) error {
+	var first error
+	checkPooledEach(ctx, src, dst, plan, resumed, func(err error) bool {
+		first = err
+		return false
+	})
+	return first
+}
+
+// checkPooledEach runs checkPooled's checks and hands each refusal to
+// report, stopping when it returns false; a dry run lists them all. The
+// checks of a table's rows run only once its pooled table is usable.
+func checkPooledEach(ctx context.Context, src, dst *pgx.Conn, plan *schema.Plan, resumed bool, report func(error) bool) {
 	targets := map[string]bool{}
 	for _, t := range plan.Tables {
 		targets[pgx.Identifier{t.TargetSchema, t.TargetName}.Sanitize()] = true
 	}
+	var usable []*promoted.Table
 	for _, t := range plan.Tables {
 		if err := checkPooledTable(ctx, dst, t, resumed); err != nil {
-			return err
+			if !report(err) {
+				return
+			}
+			continue
+		}
+		usable = append(usable, t)
+	}
+	for _, t := range usable {
+		for _, err := range []error{checkCollisions(ctx, src, dst, t), checkParents(ctx, src, dst, t, targets)} {
+			if err != nil && !report(err) {
+				return
+			}
 		}
 	}
-	for _, t := range plan.Tables {
-		if err := checkCollisions(ctx, src, dst, t); err != nil {
-			return err
-		}
-		if err := checkParents(ctx, src, dst, t, targets); err != nil {
-			return err
-		}
-	}
-	return nil
 }
 
 // tenantColumns reads the tenant column of each pooled table of schema

@@ -141,6 +141,9 @@ func TestDemoteWithoutTenantColumn(t *testing.T) {
 	if err := demote(); err == nil || !strings.Contains(err.Error(), `(id)=(6), which the pooled database lacks`) || strings.Contains(err.Error(), "\n") {
 		t.Fatalf("demote before tenant 6 exists in the pooled tenants: %v, want one line naming the missing row", err)
 	}
+	// Another tenant holds the dedicated side's first event id in the
+	// pooled events, keyed by id alone.
+	mustExec(t, ctx, pooled.Admin, `INSERT INTO events (id, tenant_id, kind) VALUES (1000000, 3, 'clash')`)
 	dry, err := New(Config{SourceDSN: dedicated.Mover, TargetDSN: pooled.Mover, Tenant: "6", Demote: true, DryRun: true}, testLogger(t))
 	if err != nil {
 		t.Fatal(err)
@@ -150,9 +153,11 @@ func TestDemoteWithoutTenantColumn(t *testing.T) {
 		t.Fatalf("dry run of the demotion: %v, want the missing tenants row listed", err)
 	}
 	plan := dry.Planned()
-	if len(plan.Tables) != len(movedTables) || !strings.Contains(fmt.Sprint(plan.Refusals), "which the pooled database lacks") {
-		t.Errorf("dry run planned %v and refused %v: want the four tables and the missing tenants row", plan.Tables, plan.Refusals)
+	if len(plan.Tables) != len(movedTables) || !strings.Contains(fmt.Sprint(plan.Refusals), "which the pooled database lacks") ||
+		!strings.Contains(fmt.Sprint(plan.Refusals), "already holds (id)=(1000000) for another tenant") {
+		t.Errorf("dry run planned %v and refused %v: want the four tables, the colliding event id and the missing tenants row", plan.Tables, plan.Refusals)
 	}
+	mustExec(t, ctx, pooled.Admin, `DELETE FROM events WHERE id = 1000000`)
 	for _, tbl := range plan.Tables {
 		if !strings.HasPrefix(tbl.Filter, "whole table") {
 			t.Errorf("dry run: %s is %q, want moved whole", tbl.Name, tbl.Filter)

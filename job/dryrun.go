@@ -91,7 +91,10 @@ func (j *Job) dryRun(ctx context.Context, src, dst *pgx.Conn, plan *schema.Plan,
 	refuse(checkStateRights(ctx, src, "source"))
 	refuse(checkTargetRole(ctx, dst, j.cfg.TargetSchema))
 	if j.cfg.Demote {
-		refuse(checkPooled(ctx, src, dst, plan, false))
+		checkPooledEach(ctx, src, dst, plan, false, func(err error) bool {
+			refuse(err)
+			return true
+		})
 	} else {
 		refuse(checkTarget(ctx, dst, plan.Tables))
 	}
