@@ -3,6 +3,7 @@ package job
 import (
 	"context"
 	"errors"
+	"math"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -119,6 +120,10 @@ func (j *Job) reportProgress(ctx context.Context) func() {
 		defer close(done)
 		t := time.NewTicker(j.cfg.ProgressInterval)
 		defer t.Stop()
+		// The lag clock's resolution: how often the source's WAL end is
+		// sampled.
+		lagTick := time.NewTicker(200 * time.Millisecond)
+		defer lagTick.Stop()
 		var last promoted.LSN
 		since := time.Now()
 		var rec *pgx.Conn // the session that records the copy's progress
@@ -131,6 +136,9 @@ func (j *Job) reportProgress(ctx context.Context) func() {
 			select {
 			case <-ctx.Done():
 				return
+			case <-lagTick.C:
+				j.sampleLag()
+				continue
 			case <-t.C:
 			}
 			switch j.Phase() {
@@ -138,10 +146,18 @@ func (j *Job) reportProgress(ctx context.Context) func() {
 				if !j.cfg.LiveProgress {
 					j.log.Info("progress", "stage", "snapshot", "rows_copied", j.RowsCopied())
 				}
-				rec = j.recordRows(ctx, rec)
+				rec = j.record(ctx, rec, "the copy's progress", func(c *pgx.Conn) error {
+					p := j.Progress()
+					if p.RowsCopied == 0 {
+						return nil
+					}
+					return state.SetJobRows(ctx, c, j.ID, p.RowsCopied, p.RowsEstimated)
+				})
 			case "catchup":
-				lag, applied := j.Lag(), j.Applied()
+				lag, applied, lagS := j.Lag(), j.Applied(), j.LagSeconds()
 				j.m.lag.Set(float64(lag))
+				j.m.lagSeconds.Set(lagS)
+				rec = j.record(ctx, rec, "the catch-up's lag", func(c *pgx.Conn) error { return state.SetJobLag(ctx, c, j.ID, lagS) })
 				if applied != last || lag == 0 {
 					last, since = applied, time.Now()
 				}
@@ -149,7 +165,7 @@ func (j *Job) reportProgress(ctx context.Context) func() {
 				if stalled < j.stallAfter() {
 					j.m.stalled.Set(0)
 					if !j.cfg.LiveProgress {
-						j.log.Info("progress", "stage", "catchup", "applied_lsn", applied.String(), "lag_bytes", lag)
+						j.log.Info("progress", "stage", "catchup", "applied_lsn", applied.String(), "lag_bytes", lag, "lag_seconds", math.Round(lagS*10)/10)
 					}
 					continue
 				}
@@ -165,24 +181,20 @@ func (j *Job) reportProgress(ctx context.Context) func() {
 	return func() { cancel(); <-done }
 }
 
-// recordRows writes the copy's progress into the move's record for
-// status, on a session of its own (the job's is busy elsewhere), opened
-// on first use and dropped after a failure: progress is a report, and a
-// failed write is retried at the next tick, never a reason to stop.
-func (j *Job) recordRows(ctx context.Context, rec *pgx.Conn) *pgx.Conn {
-	p := j.Progress()
-	if p.RowsCopied == 0 {
-		return rec
-	}
+// record writes what for status into the move's record on the source, on
+// a session of its own (the job's is busy elsewhere), opened on first use
+// and dropped after a failure: progress is a report, and a failed write is
+// retried at the next tick, never a reason to stop.
+func (j *Job) record(ctx context.Context, rec *pgx.Conn, what string, write func(*pgx.Conn) error) *pgx.Conn {
 	var err error
 	if rec == nil {
 		if rec, err = db.Open(ctx, db.Source, j.cfg.SourceDSN, "promoted-progress"); err != nil {
-			j.log.Debug("record the copy's progress", "err", err)
+			j.log.Debug("record "+what, "err", err)
 			return nil
 		}
 	}
-	if err = state.SetJobRows(ctx, rec, j.ID, p.RowsCopied, p.RowsEstimated); err != nil {
-		j.log.Debug("record the copy's progress", "err", err)
+	if err = write(rec); err != nil {
+		j.log.Debug("record "+what, "err", err)
 		rec.Close(context.Background())
 		return nil
 	}

@@ -90,6 +90,7 @@ type Job struct {
 	summary     *Summary
 	entry       state.Entry
 	est         estimates
+	clock       lagClock
 
 	// FetchWait bounds how long a re-read of a row waits for its source
 	// transaction to become visible (0: the fetcher's default).
@@ -169,6 +170,26 @@ func (j *Job) Lag() int64 {
 		return 0
 	}
 	return int64(end - applied)
+}
+
+// LagSeconds is how long the source has had WAL the target has not
+// durably applied: 0 when caught up, or before the catch-up.
+func (j *Job) LagSeconds() float64 {
+	if j.Lag() == 0 {
+		return 0
+	}
+	return j.clock.lagSeconds(j.Applied(), time.Now())
+}
+
+// sampleLag feeds the lag clock the source's WAL end as the stream last
+// heard it.
+func (j *Job) sampleLag() {
+	j.mu.Lock()
+	s := j.stream
+	j.mu.Unlock()
+	if s != nil {
+		j.clock.sample(s.ServerWALEnd(), time.Now())
+	}
 }
 
 // RowsCopied is the snapshot's running row count.

@@ -9,6 +9,9 @@ var (
 	lagBytes = promauto.NewGaugeVec(prometheus.GaugeOpts{
 		Name: "promoted_job_lag_bytes", Help: "WAL bytes between the source's reported end and what the target has durably applied.",
 	}, []string{"tenant"})
+	lagSeconds = promauto.NewGaugeVec(prometheus.GaugeOpts{
+		Name: "promoted_job_lag_seconds", Help: "How long the source has had WAL the target has not durably applied (0 when caught up).",
+	}, []string{"tenant"})
 	retries = promauto.NewCounterVec(prometheus.CounterOpts{
 		Name: "promoted_job_retries_total", Help: "Times the move reconnected and resumed after a transient failure (a connection lost, a server restarting).",
 	}, []string{"tenant"})
@@ -27,15 +30,15 @@ var (
 )
 
 type metrics struct {
-	lag, stalled, retained prometheus.Gauge
-	retries, failures      prometheus.Counter
+	lag, lagSeconds, stalled, retained prometheus.Gauge
+	retries, failures                  prometheus.Counter
 }
 
 // newMetrics binds the tenant's metrics and publishes its retained-WAL
 // budget, so an alert can compare the retained WAL with it.
 func newMetrics(tenant string, budget ByteSize) *metrics {
 	retainedBudget.WithLabelValues(tenant).Set(float64(budget))
-	return &metrics{lag: lagBytes.WithLabelValues(tenant), stalled: stalledSeconds.WithLabelValues(tenant),
+	return &metrics{lag: lagBytes.WithLabelValues(tenant), lagSeconds: lagSeconds.WithLabelValues(tenant), stalled: stalledSeconds.WithLabelValues(tenant),
 		retained: retainedBytes.WithLabelValues(tenant), retries: retries.WithLabelValues(tenant),
 		failures: failures.WithLabelValues(tenant)}
 }

@@ -17,8 +17,10 @@ type Progress struct {
 	// tenant's rows and their size (0 before the plan).
 	RowsCopied, RowsEstimated   int64
 	BytesCopied, BytesEstimated int64
-	// Lag is the WAL between the source's end and what the target holds.
-	Lag int64
+	// Lag is the WAL between the source's end and what the target holds;
+	// LagSeconds how long the source has had WAL the target lacks.
+	Lag        int64
+	LagSeconds float64
 	// Applied is the end LSN of the last transaction the target holds.
 	Applied promoted.LSN
 }
@@ -40,7 +42,7 @@ func (j *Job) estimate(tables []*promoted.Table) {
 // Progress reads the move's progress; safe from any goroutine.
 func (j *Job) Progress() Progress {
 	p := Progress{Phase: j.Phase(), RowsEstimated: j.est.rows.Load(), BytesEstimated: j.est.bytes.Load(),
-		Lag: j.Lag(), Applied: j.Applied()}
+		Lag: j.Lag(), LagSeconds: j.LagSeconds(), Applied: j.Applied()}
 	j.mu.Lock()
 	if j.copier != nil {
 		p.RowsCopied, p.BytesCopied = j.copier.RowsCopied(), j.copier.BytesCopied()

@@ -33,6 +33,10 @@ type MoveStatus struct {
 	Slot        string `json:"slot,omitempty"`
 	RetainedWAL int64  `json:"retained_wal_bytes"`
 	LagBytes    int64  `json:"lag_bytes"`
+	// LagSeconds is how long the source has had WAL the move has not
+	// applied: as the running move last recorded it, or, when none runs
+	// it, that figure plus the time since (nil when never measured).
+	LagSeconds *float64 `json:"lag_seconds,omitempty"`
 	// FenceArmed says the tenant's writes on the source are rejected, and
 	// since when.
 	FenceArmed bool       `json:"fence_armed"`
@@ -84,6 +88,7 @@ func Status(ctx context.Context, sourceDSN string) ([]MoveStatus, error) {
 				s.LagBytes = *lag
 			}
 		}
+		s.LagSeconds = statusLag(j, s)
 		if armed, since, err := state.FenceArmed(ctx, src, j.ID); err != nil {
 			return nil, err
 		} else if armed {
@@ -93,6 +98,23 @@ func Status(ctx context.Context, sourceDSN string) ([]MoveStatus, error) {
 		out = append(out, s)
 	}
 	return out, nil
+}
+
+// statusLag is the move's lag in time: the running move's last record
+// of it, or, when no promoted runs it, that record grown by its age, since
+// nothing has been applied since (an upper bound when it was caught up).
+func statusLag(j *state.Job, s MoveStatus) *float64 {
+	switch {
+	case s.Slot == "" || j.LagSeconds == nil || j.LagAge == nil:
+		return nil
+	case s.Running != "":
+		return j.LagSeconds
+	case s.LagBytes == 0:
+		zero := 0.0
+		return &zero
+	}
+	grown := *j.LagSeconds + max(*j.LagAge, 0)
+	return &grown
 }
 
 // next says what to run after a move, from its kind and phase, and

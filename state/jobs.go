@@ -68,8 +68,12 @@ type Job struct {
 	// RowsCopied and RowsEstimated are the copy's progress as the move
 	// last recorded it, for status (nil before the copy).
 	RowsCopied, RowsEstimated *int64
-	StartedAt                 time.Time
-	UpdatedAt                 time.Time
+	// LagSeconds is the catch-up's lag in time as the move last recorded
+	// it, LagAge how long ago (by the source's clock); nil before the
+	// catch-up.
+	LagSeconds, LagAge *float64
+	StartedAt          time.Time
+	UpdatedAt          time.Time
 }
 
 // Active reports whether the move may still need its fence triggers and
@@ -103,12 +107,12 @@ func RecordJob(ctx context.Context, q Querier, j *Job) error {
 
 const jobColumns = `job_id, tenant_id, schema_name, kind, target, phase, coalesce(outcome, ''), blocked_ms, started_at, updated_at,
     coalesce(tenant_column, ''), coalesce(tenant_type, ''), coalesce(target_schema, ''), coalesce(tables, '{}'), definitions,
-    coalesce(reverse_lsn::text, ''), rows_copied, rows_estimated`
+    coalesce(reverse_lsn::text, ''), rows_copied, rows_estimated, lag_seconds, extract(epoch FROM now() - lag_at)::float8`
 
 func scanJob(row pgx.Row) (*Job, error) {
 	j := &Job{}
 	err := row.Scan(&j.ID, &j.Tenant, &j.Schema, &j.Kind, &j.Target, &j.Phase, &j.Outcome, &j.BlockedMS, &j.StartedAt, &j.UpdatedAt,
-		&j.TenantColumn, &j.TenantType, &j.TargetSchema, &j.Tables, &j.Definitions, &j.ReverseLSN, &j.RowsCopied, &j.RowsEstimated)
+		&j.TenantColumn, &j.TenantType, &j.TargetSchema, &j.Tables, &j.Definitions, &j.ReverseLSN, &j.RowsCopied, &j.RowsEstimated, &j.LagSeconds, &j.LagAge)
 	return j, err
 }
 
@@ -176,6 +180,15 @@ func SetReverse(ctx context.Context, q Querier, id, lsn string) error {
 func SetJobRows(ctx context.Context, q Querier, id string, copied, estimated int64) error {
 	if _, err := q.Exec(ctx, `UPDATE promoted.jobs SET rows_copied = $2, rows_estimated = $3 WHERE job_id = $1`, id, copied, estimated); err != nil {
 		return fmt.Errorf("record the copy's progress on the source: %w", err)
+	}
+	return nil
+}
+
+// SetJobLag records the catch-up's lag in time in the move's record, for
+// status, stamped with the source's clock.
+func SetJobLag(ctx context.Context, q Querier, id string, seconds float64) error {
+	if _, err := q.Exec(ctx, `UPDATE promoted.jobs SET lag_seconds = $2, lag_at = now() WHERE job_id = $1`, id, seconds); err != nil {
+		return fmt.Errorf("record the catch-up's lag on the source: %w", err)
 	}
 	return nil
 }

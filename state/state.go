@@ -51,6 +51,8 @@ ALTER TABLE promoted.jobs ADD COLUMN IF NOT EXISTS definitions jsonb;
 ALTER TABLE promoted.jobs ADD COLUMN IF NOT EXISTS reverse_lsn pg_lsn;
 ALTER TABLE promoted.jobs ADD COLUMN IF NOT EXISTS rows_copied bigint;
 ALTER TABLE promoted.jobs ADD COLUMN IF NOT EXISTS rows_estimated bigint;
+ALTER TABLE promoted.jobs ADD COLUMN IF NOT EXISTS lag_seconds double precision;
+ALTER TABLE promoted.jobs ADD COLUMN IF NOT EXISTS lag_at timestamptz;
 CREATE TABLE IF NOT EXISTS promoted.fence (
     schema_name text NOT NULL,
     tenant_id   text NOT NULL,

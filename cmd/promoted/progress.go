@@ -170,7 +170,7 @@ func snapshotLine(p job.Progress, rate float64) string {
 }
 
 func catchupLine(p job.Progress, fall float64) string {
-	s := fmt.Sprintf("catch-up: lag %s, applied up to %s", size(p.Lag), p.Applied)
+	s := fmt.Sprintf("catch-up: lag %s (%.1fs), applied up to %s", size(p.Lag), p.LagSeconds, p.Applied)
 	switch {
 	case p.Lag == 0:
 		return s + ", caught up"

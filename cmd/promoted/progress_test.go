@@ -31,15 +31,15 @@ func TestProgressLines(t *testing.T) {
 	v = &progressView{}
 	lag := int64(8 << 20)
 	for i := 0; i <= 20; i++ { // falling 1 MB/s
-		got = v.render(job.Progress{Phase: "catchup", Lag: lag - int64(i)<<18, Applied: 0x1000}, t0.Add(time.Duration(i)*250*time.Millisecond))
+		got = v.render(job.Progress{Phase: "catchup", Lag: lag - int64(i)<<18, LagSeconds: 2.5, Applied: 0x1000}, t0.Add(time.Duration(i)*250*time.Millisecond))
 	}
-	if want := "catch-up: lag 3.0 MB, applied up to 0/1000, falling 1.0 MB/s, caught up in ~3s"; got != want {
+	if want := "catch-up: lag 3.0 MB (2.5s), applied up to 0/1000, falling 1.0 MB/s, caught up in ~3s"; got != want {
 		t.Errorf("falling lag:\n got %q\nwant %q", got, want)
 	}
 	for i := 21; i <= 100; i++ { // growing 1 MB/s
 		got = v.render(job.Progress{Phase: "catchup", Lag: 3<<20 + int64(i-20)<<18}, t0.Add(time.Duration(i)*250*time.Millisecond))
 	}
-	if !regexp.MustCompile(`lag 23\.0 MB, .*, growing (1\.0 MB|102\d kB)/s$`).MatchString(got) {
+	if !regexp.MustCompile(`lag 23\.0 MB \(0\.0s\), .*, growing (1\.0 MB|102\d kB)/s$`).MatchString(got) {
 		t.Errorf("growing lag: %q", got)
 	}
 	if got := catchupLine(job.Progress{Phase: "catchup"}, 0); !strings.HasSuffix(got, ", caught up") {

@@ -57,6 +57,9 @@ func status(ctx context.Context, args []string) error {
 			lag, retained := "-", "-"
 			if m.Slot != "" {
 				lag, retained = job.FormatBytes(m.LagBytes), job.FormatBytes(m.RetainedWAL)
+				if m.LagSeconds != nil {
+					lag += fmt.Sprintf(", %.1fs", *m.LagSeconds)
+				}
 			}
 			rows := "-"
 			if m.RowsCopied != nil {

@@ -22,8 +22,9 @@ func TestStatusSaysWhatToRunNext(t *testing.T) {
 	ctx := context.Background()
 	srcDSN, dstDSN, jobID, args, stopLoad := killSetup(t)
 	defer stopLoad()
-	d := startDaemon(t, nil, args...)
+	d := startDaemon(t, nil, append(args, "--progress-interval", "300ms")...)
 	waitPhase(t, d, ctx, dstDSN, jobID, "catchup")
+	waitFor(t, d, 10*time.Second, "the catch-up's lag recorded", func() bool { return statusJSON(t, srcDSN, 0)[0].LagSeconds != nil })
 	moves := statusJSON(t, srcDSN, 0)
 	if len(moves) != 1 {
 		t.Fatalf("status lists %d moves, want 1: %+v", len(moves), moves)
@@ -37,6 +38,10 @@ func TestStatusSaysWhatToRunNext(t *testing.T) {
 	if m.RowsCopied == nil || *m.RowsCopied != copied || copied == 0 || m.RowsEstimated == nil || *m.RowsEstimated <= 0 {
 		t.Errorf("status of a copied replica: rows %v of %v, the target records %d copied", m.RowsCopied, m.RowsEstimated, copied)
 	}
+	// The lag in time, as the running move measured and recorded it.
+	if m.LagSeconds == nil || *m.LagSeconds < 0 || *m.LagSeconds > 60 {
+		t.Errorf("status of a running replica under load: lag_seconds %v, want a measured lag", m.LagSeconds)
+	}
 	code, out, _ := runCLI(t, "status", "--source", srcDSN)
 	if code != 0 || !strings.Contains(out, "replicate") || !strings.Contains(out, "running") {
 		t.Errorf("status of a running move exited %d:\n%s", code, out)
@@ -47,9 +52,15 @@ func TestStatusSaysWhatToRunNext(t *testing.T) {
 	waitFor(t, nil, 30*time.Second, "the lease to end with the killed session", func() bool {
 		return statusJSON(t, srcDSN, -1)[0].Running == ""
 	})
+	time.Sleep(1500 * time.Millisecond) // the source writes on, nothing applies it
 	m = statusJSON(t, srcDSN, 1)[0]
 	if !m.Stuck || !strings.Contains(m.Next, "rerun the same `promoted replicate`") || m.RetainedWAL <= 0 {
 		t.Errorf("a killed replica: %+v", m)
+	}
+	// Nothing applies the source's writes since the kill: the lag grows
+	// with the time since (at least the sleep above).
+	if m.LagSeconds == nil || *m.LagSeconds < 1.5 {
+		t.Errorf("a killed replica under load: lag_seconds %v, want at least the 1.5 s since the kill", m.LagSeconds)
 	}
 	cancelJob(t, ctx, srcDSN, "public", "1")
 	m = statusJSON(t, srcDSN, 0)[0]
