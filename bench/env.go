@@ -29,10 +29,16 @@ type Size struct {
 	Load                     time.Duration // how long load phases run
 	Backlog                  int           // pgbench transactions in the drain backlog
 	Promotions               int
+	// KafkaOrders, when set, is the size of the tenant the Kafka section
+	// replicates instead of tenant 1: the in-process broker keeps every
+	// record in memory, and a default-size tenant's snapshot would not
+	// fit. That tenant is added to the same pooled database, and the
+	// backlog is still this size's.
+	KafkaOrders int
 }
 
 var sizes = map[string]Size{
-	"default": {Name: "default", Customers: 100_000, Orders: 1_000_000, Lines: 3_000_000, Tenants: 10, Repeats: 3, Load: 20 * time.Second, Backlog: 40_000, Promotions: 10},
+	"default": {Name: "default", Customers: 100_000, Orders: 1_000_000, Lines: 3_000_000, Tenants: 10, Repeats: 3, Load: 20 * time.Second, Backlog: 40_000, Promotions: 10, KafkaOrders: 50_000},
 	// tiny is what the test suite runs, so the benchmark cannot rot
 	// without costing the suite minutes.
 	"tiny":  {Name: "tiny", Customers: 2_000, Orders: 20_000, Lines: 60_000, Tenants: 6, Repeats: 1, Load: 3 * time.Second, Backlog: 2_000, Promotions: 4},
@@ -93,19 +99,8 @@ func seed(ctx context.Context, dsn string, sz Size) error {
 			}
 			defer c.Close(context.Background())
 			for t := range work {
-				// Every statement takes all three parameters, so each names
-				// its own with a no-op use.
-				for _, q := range []string{
-					`INSERT INTO customers SELECT $1, ($1 - 1)::bigint * $2 + g, 'c' || g || '@t' || $1 || '.example.com', 'Customer ' || g, now() FROM generate_series(1, $2) g WHERE $3::int > 0`,
-					`INSERT INTO orders SELECT $1, ($1 - 1)::bigint * $3 + g, ($1 - 1)::bigint * $2 + 1 + g % $2, (ARRAY['new','paid','shipped'])[1 + g % 3],
-					    (g % 100000) / 7.0, 'order note ' || md5(g::text), jsonb_build_object('g', g, 'tags', jsonb_build_array('a', 'b')), now()
-					  FROM generate_series(1, $3) g`,
-					`INSERT INTO order_lines SELECT $1, ($1 - 1)::bigint * $3 + 1 + (g - 1) / 3, 1 + (g - 1) % 3, 'SKU-' || (g % 5000), 1 + g % 5, (g % 1000) / 10.0
-					  FROM generate_series(1, $3 * 3) g WHERE $2::int > 0`,
-				} {
-					if _, err := c.Exec(gctx, q, t, sz.Customers, sz.Orders); err != nil {
-						return fmt.Errorf("seed tenant %d: %w", t, err)
-					}
+				if err := seedTenant(gctx, c, sz, t, sz.Customers, sz.Orders); err != nil {
+					return err
 				}
 			}
 			return nil
@@ -124,6 +119,28 @@ func seed(ctx context.Context, dsn string, sz Size) error {
 	}
 	if _, err := conn.Exec(ctx, "VACUUM ANALYZE"); err != nil {
 		return fmt.Errorf("vacuum: %w", err)
+	}
+	return nil
+}
+
+// seedTenant fills tenant t with customers customers and orders orders
+// (three lines each), keyed as a tenant of sz is: tenant t's ids start
+// after t-1 tenants of sz.
+func seedTenant(ctx context.Context, c *pgx.Conn, sz Size, t, customers, orders int) error {
+	// Every statement takes all five parameters, so each names its own
+	// with a no-op use: $2, $3 are sz's per-tenant id ranges, $4, $5 the
+	// rows to make.
+	for _, q := range []string{
+		`INSERT INTO customers SELECT $1, ($1 - 1)::bigint * $2 + g, 'c' || g || '@t' || $1 || '.example.com', 'Customer ' || g, now() FROM generate_series(1, $4) g WHERE $3::int > 0 AND $5::int > 0`,
+		`INSERT INTO orders SELECT $1, ($1 - 1)::bigint * $3 + g, ($1 - 1)::bigint * $2 + 1 + g % $4, (ARRAY['new','paid','shipped'])[1 + g % 3],
+		    (g % 100000) / 7.0, 'order note ' || md5(g::text), jsonb_build_object('g', g, 'tags', jsonb_build_array('a', 'b')), now()
+		  FROM generate_series(1, $5) g`,
+		`INSERT INTO order_lines SELECT $1, ($1 - 1)::bigint * $3 + 1 + (g - 1) / 3, 1 + (g - 1) % 3, 'SKU-' || (g % 5000), 1 + g % 5, (g % 1000) / 10.0
+		  FROM generate_series(1, $5 * 3) g WHERE $2::int > 0 AND $4::int > 0`,
+	} {
+		if _, err := c.Exec(ctx, q, t, sz.Customers, sz.Orders, customers, orders); err != nil {
+			return fmt.Errorf("seed tenant %d: %w", t, err)
+		}
 	}
 	return nil
 }

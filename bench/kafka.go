@@ -12,6 +12,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/jackc/pgx/v5"
 	kafkago "github.com/segmentio/kafka-go"
 
 	"github.com/promoted/promoted"
@@ -45,11 +46,16 @@ func (e *env) kafkaSection(ctx context.Context, r *Report, tenantScript, othersS
 		return err
 	}
 	defer os.RemoveAll(dir)
+	tenant, script, err := e.kafkaTenant(ctx, dir, tenantScript, say)
+	if err != nil {
+		return err
+	}
+	cancel := func() { execCommand(e.bin, "cancel", "--source", e.srcMover, "--tenant", tenant).Run() }
 	var snap, snapKcat, drain, steady, drainKcat []kafkaRun
 	var rss int64
 	for i := 0; i < e.size.Repeats; i++ {
 		prefix := fmt.Sprintf("bench%d", i)
-		args := []string{"replicate", "--source", e.srcMover, "--sink", "kafka://" + k.Addr() + "/" + prefix, "--tenant", "1",
+		args := []string{"replicate", "--source", e.srcMover, "--sink", "kafka://" + k.Addr() + "/" + prefix, "--tenant", tenant,
 			"--tables", strings.Join(benchTables, ","), "--status-interval", "100ms"}
 		d, err := startDaemon(ctx, e.bin, args...)
 		if err != nil {
@@ -62,7 +68,7 @@ func (e *env) kafkaSection(ctx context.Context, r *Report, tenantScript, othersS
 		rss = max(rss, d.peakRSS("snapshot"), d.hwm())
 		d.stop()
 		if err != nil {
-			runCancel(e.bin, e.srcMover)
+			cancel()
 			return err
 		}
 		topics := make([]string, len(benchTables))
@@ -71,7 +77,7 @@ func (e *env) kafkaSection(ctx context.Context, r *Report, tenantScript, othersS
 		}
 		ends, err := endOffsets(ctx, k.Addr(), topics)
 		if err != nil {
-			runCancel(e.bin, e.srcMover)
+			cancel()
 			return err
 		}
 		var n int64
@@ -82,25 +88,25 @@ func (e *env) kafkaSection(ctx context.Context, r *Report, tenantScript, othersS
 		snap = append(snap, s)
 		kc, err := kcatProduce(ctx, kcat, k.Addr(), topics, nil, filepath.Join(dir, prefix+".snapshot"), prefix+".kcat.snapshot")
 		if err != nil {
-			runCancel(e.bin, e.srcMover)
+			cancel()
 			return err
 		}
 		snapKcat = append(snapKcat, kc)
 		// The backlog: the replica stopped, the tenant and the others
 		// write, the replica restarts and delivers it.
-		if _, _, _, err := e.backlog(ctx, tenantScript, othersScript); err != nil {
-			runCancel(e.bin, e.srcMover)
+		if _, _, _, err := e.backlog(ctx, script, othersScript); err != nil {
+			cancel()
 			return err
 		}
 		end, err := currentLSN(ctx, e.srcDSN)
 		if err != nil {
-			runCancel(e.bin, e.srcMover)
+			cancel()
 			return err
 		}
 		start := time.Now()
 		d, err = startDaemon(ctx, e.bin, args...)
 		if err != nil {
-			runCancel(e.bin, e.srcMover)
+			cancel()
 			return err
 		}
 		var streaming time.Time
@@ -112,7 +118,7 @@ func (e *env) kafkaSection(ctx context.Context, r *Report, tenantScript, othersS
 		steady = append(steady, kafkaRun{secs: time.Since(streaming).Seconds()})
 		rss = max(rss, d.peakRSS("catchup"), d.hwm())
 		d.stop()
-		runCancel(e.bin, e.srcMover)
+		cancel()
 		if err != nil {
 			return err
 		}
@@ -280,4 +286,34 @@ func readFrom(ctx context.Context, addr, topic string, p int, offset int64, each
 		}
 	}
 	return n, nil
+}
+
+// kafkaTenant is the tenant the Kafka section replicates, and its pgbench
+// script: tenant 1, or, at a size with KafkaOrders, a tenant of that many
+// orders added to the pooled database first.
+func (e *env) kafkaTenant(ctx context.Context, dir, tenantScript string, say func(string, ...any)) (string, string, error) {
+	if e.size.KafkaOrders == 0 {
+		return "1", tenantScript, nil
+	}
+	t := e.size.Tenants + 1
+	customers := max(e.size.KafkaOrders/10, 1)
+	say("   replicating tenant %d: %d customers, %d orders and %d lines added to the pooled database (the in-process broker keeps every record in memory, and tenant 1's would not fit)",
+		t, customers, e.size.KafkaOrders, 3*e.size.KafkaOrders)
+	conn, err := pgx.Connect(ctx, e.pooled.Owner)
+	if err != nil {
+		return "", "", err
+	}
+	defer conn.Close(context.Background())
+	if err := seedTenant(ctx, conn, e.size, t, customers, e.size.KafkaOrders); err != nil {
+		return "", "", err
+	}
+	// New orders take ids past the added tenant's.
+	if _, err := conn.Exec(ctx, "SELECT setval('orders_id_seq', (SELECT max(id) FROM orders)); ANALYZE customers, orders, order_lines"); err != nil {
+		return "", "", err
+	}
+	script := filepath.Join(dir, "kafka-tenant.sql")
+	if err := os.WriteFile(script, []byte(e.scriptOf(fmt.Sprint(t), customers, e.size.KafkaOrders)), 0o644); err != nil {
+		return "", "", err
+	}
+	return fmt.Sprint(t), script, nil
 }

@@ -30,8 +30,12 @@ func (e *env) scripts(dir string) (tenant, others string, err error) {
 }
 
 // script is the pgbench transaction on tenant t (a number or a pgbench
-// expression).
-func (e *env) script(t string) string {
+// expression) of the size's rows.
+func (e *env) script(t string) string { return e.scriptOf(t, e.size.Customers, e.size.Orders) }
+
+// scriptOf is script on a tenant of customers customers and orders
+// orders, keyed as a tenant of the size is (seedTenant).
+func (e *env) scriptOf(t string, customers, orders int) string {
 	return fmt.Sprintf(`\set t %s
 \set c random(1, %d)
 \set o random(1, %d)
@@ -40,7 +44,7 @@ INSERT INTO orders (tenant_id, id, customer_id, status, total, note, meta) VALUE
 INSERT INTO order_lines VALUES (:t, :oid, 1, 'SKU-1', 1, 1.0), (:t, :oid, 2, 'SKU-2', 2, 2.0), (:t, :oid, 3, 'SKU-3', 3, 3.0);
 UPDATE orders SET total = total + 1, status = 'paid' WHERE tenant_id = :t AND id = (:t - 1) * %d + :o;
 END;
-`, t, e.size.Customers, e.size.Orders, e.size.Customers, e.size.Orders)
+`, t, customers, orders, e.size.Customers, e.size.Orders)
 }
 
 // pgbench runs PostgreSQL's pgbench against the source with the given

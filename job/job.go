@@ -3,7 +3,6 @@ package job
 import (
 	"context"
 	"errors"
-	"fmt"
 	"log/slog"
 	"sync"
 	"sync/atomic"
@@ -232,6 +231,9 @@ func stoppedBy(err error) bool {
 	return errors.Is(err, context.Canceled) || (errors.As(err, &pgErr) && pgErr.Code == "57014")
 }
 
+// run is one attempt at the move: plan, admit under the lease, check the
+// target, record the move, then copy (or resume the catch-up) and go on
+// through the cutover. Run retries it on transient failures.
 func (j *Job) run(ctx context.Context) error {
 	src, err := db.Open(ctx, db.Source, j.cfg.SourceDSN, "promoted")
 	if err != nil {
@@ -249,184 +251,39 @@ func (j *Job) run(ctx context.Context) error {
 
 	// Plan and preflight: nothing is created on either side before these
 	// pass.
-	var refusals []string
-	if err := preflight(ctx, src); err != nil {
-		if !j.cfg.DryRun {
-			return err
-		}
-		refusals = append(refusals, err.Error())
-	}
-	var dbName string
-	if err := src.QueryRow(ctx, "SELECT current_database()").Scan(&dbName); err != nil {
-		return fmt.Errorf("identify source database: %w", err)
-	}
-	same, err := sameDatabase(ctx, src, dst)
+	refusals, err := j.planMove(ctx, src, dst)
 	if err != nil {
 		return err
 	}
-	if same && j.cfg.TargetSchema == j.cfg.Schema {
-		return fmt.Errorf("target and source are the same database and --target-schema is %q, the source schema: pass --target-schema with a new schema name", j.cfg.TargetSchema)
-	}
-	var targetTenant map[string]promoted.Column
-	if j.cfg.Demote {
-		if targetTenant, err = tenantColumns(ctx, dst, j.cfg.TargetSchema, j.cfg.TenantColumn); err != nil {
-			return err
-		}
-	}
-	plan, err := schema.Load(ctx, src, schema.Config{Schema: j.cfg.Schema, TargetSchema: j.cfg.TargetSchema,
-		TenantColumn: j.cfg.TenantColumn, Tables: j.cfg.Tables, Sequences: j.cfg.Sequences, Tenant: promoted.Tenant(j.cfg.Tenant), SameDatabase: same,
-		TargetTenant: targetTenant})
-	if err != nil {
-		return err
-	}
-	j.plan = plan
-	j.estimate(plan.Tables)
-	if j.cfg.Rollback {
-		// The rollback slot's publication has no row filter (reversed).
-		for _, t := range plan.Tables {
-			t.ServerFilter = false
-		}
-	}
-	if j.cfg.Promote && !j.cfg.Demote && len(plan.ReferencedBy) > 0 && !j.cfg.DryRun {
-		return fmt.Errorf("foreign key %s, whose table is not moved: after the promotion its rows would point at rows that cleanup deletes; add that table to --tables", plan.ReferencedBy[0])
-	}
-	// The move is named by the tenant as the source prints it, so 042 and
-	// 42 are one move of one tenant.
-	j.ID = JobID(dbName, j.cfg.Schema, plan.Tenant())
-	if j.cfg.Demote {
-		j.ID = DemoteID(dbName, j.cfg.Schema, plan.Tenant())
-	}
-	j.names = snapshot.NamesFor(j.ID)
-	j.log = j.log.With("job", j.ID)
 	if j.cfg.DryRun {
-		return j.dryRun(ctx, src, dst, plan, refusals)
+		return j.dryRun(ctx, src, dst, j.plan, refusals)
 	}
-	j.lease, err = acquireLease(ctx, j.cfg.SourceDSN, j.ID, plan.Tenant())
+	j.lease, err = acquireLease(ctx, j.cfg.SourceDSN, j.ID, j.plan.Tenant())
 	if err != nil {
 		return err
 	}
 	defer func() { j.lease.release() }()
-	if err := checkSlots(ctx, src, j.names.Slot); err != nil {
-		return err
-	}
-	if err := checkOwnership(ctx, src, plan.Tables); err != nil {
-		return err
-	}
-	if !j.cfg.VerifyOnly {
-		if err := checkStateRights(ctx, src, "source"); err != nil {
-			return err
-		}
-		if j.cfg.Promote && j.cfg.Cutover.CatalogDSN != "" {
-			cat, err := db.Open(ctx, db.Catalog, j.cfg.Cutover.CatalogDSN, "promoted")
-			if err != nil {
-				return err
-			}
-			err = checkStateRights(ctx, cat, "catalog")
-			cat.Close(context.Background())
-			if err != nil {
-				return err
-			}
-		}
-	}
-	rec, err := state.ReadJob(ctx, src, j.ID)
+	rec, prog, err := j.admit(ctx, src, dst)
 	if err != nil {
 		return err
-	}
-	prog, err := state.ReadProgress(ctx, dst, j.ID)
-	if err != nil {
-		return err
-	}
-	if rec != nil && rec.Active() {
-		if err := j.sameMove(rec, prog); err != nil {
-			return err
-		}
 	}
 	if j.cfg.VerifyOnly {
 		return j.runVerify(ctx, rec, prog)
 	}
+	// A move resumes its catch-up only from a copy that finished; anything
+	// else copies (again).
 	fresh := prog == nil || rec == nil || !rec.Active() || prog.Phase != state.ProgressCatchup
-	if err := checkTargetRole(ctx, dst, j.cfg.TargetSchema); err != nil {
+	if err := j.preflightTarget(ctx, src, dst, fresh, prog); err != nil {
 		return err
 	}
-	if fresh {
-		switch {
-		case j.cfg.Demote:
-			// Resumed or not: the pooled tables' shape and keys are
-			// checked against the tenant's rows before anything is made.
-			if err := checkPooled(ctx, src, dst, plan, prog != nil); err != nil {
-				return err
-			}
-		case prog == nil:
-			if err := checkTarget(ctx, dst, plan.Tables); err != nil {
-				return err
-			}
-		}
-		if !j.cfg.AllowEmpty {
-			if err := checkNotEmpty(ctx, src, plan.Tables); err != nil {
-				return err
-			}
-		}
-	}
-	// Logged only once every refusal has passed, so a refusal is the one
-	// line on stderr.
-	for _, n := range plan.Notes {
-		if j.cfg.Demote {
-			break // they are about target DDL, which a demotion never runs
-		}
-		j.log.Warn(n, "stage", "plan")
-	}
-	var keep string
-	if err := src.QueryRow(ctx, `SELECT current_setting('max_slot_wal_keep_size')`).Scan(&keep); err == nil && keep == "-1" {
-		j.log.Warn("the source has max_slot_wal_keep_size = -1: while promoted runs it drops a slot past --max-retained-wal, but a move left stopped keeps its slot's WAL without limit; set max_slot_wal_keep_size on the source as its own backstop", "stage", "plan")
-	}
-	for _, t := range plan.Tables {
-		mode := "server row filter"
-		switch {
-		case t.Whole():
-			mode = "whole table (no " + j.cfg.TenantColumn + " on the source: every row is the tenant's)"
-		case !t.ServerFilter:
-			mode = "filtered by promoted (replica identity lacks " + j.cfg.TenantColumn + ")"
-		}
-		j.log.Info("table", "stage", "plan", "table", t.String(), "estimated_rows", t.EstimatedRows, "filter", mode)
-	}
-
+	j.logPlan(ctx, src)
 	// The record comes first: everything created from here on is found
 	// and removed through it by cancel and cleanup.
-	kind := state.KindReplicate
-	switch {
-	case j.cfg.Rollback:
-		kind = state.KindRollback
-	case j.cfg.Demote:
-		kind = state.KindDemote
-	case j.cfg.Promote:
-		kind = state.KindPromote
-	}
-	record := &state.Job{ID: j.ID, Tenant: plan.Tenant(), Schema: j.cfg.Schema, Kind: kind,
-		Target: db.Redact(j.cfg.TargetDSN), TargetSchema: j.cfg.TargetSchema, TenantColumn: j.cfg.TenantColumn,
-		TenantType: plan.TenantType(), Tables: plan.TableNames(), Phase: state.PhasePrepare}
-	if fresh {
-		record.Definitions = plan.Definitions
-	} else if rec != nil && rec.Definitions != nil {
-		// The target was built from the definitions the copy began with;
-		// a change since (even while no promoted ran) stops the move.
-		planned := plan.Definitions
-		plan.Definitions = rec.Definitions
-		if j.follows() {
-			// A replica's stream brings the target the columns added and
-			// dropped since; it goes on from the definitions of now.
-			if err := plan.ChangedColumns(planned); err != nil {
-				return err
-			}
-			plan.Definitions, record.Definitions = planned, planned
-		} else if err := plan.DriftFrom(planned); err != nil {
-			return err
-		}
-	}
-	if err := state.RecordJob(ctx, src, record); err != nil {
+	if err := j.recordMove(ctx, src, rec, fresh); err != nil {
 		return err
 	}
 	if j.cfg.FixReplicaIdentity {
-		if err := fixReplicaIdentity(ctx, src, plan.Tables); err != nil {
+		if err := fixReplicaIdentity(ctx, src, j.plan.Tables); err != nil {
 			return err
 		}
 	}
