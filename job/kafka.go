@@ -107,8 +107,17 @@ func (j *Job) runKafka(ctx context.Context) error {
 	if err := state.RecordJob(ctx, src, record); err != nil {
 		return err
 	}
+	var fetcher *snapshot.Fetcher
+	if j.cfg.Kafka.RereadToast {
+		fetcher = snapshot.NewFetcher(j.cfg.SourceDSN)
+		defer fetcher.Close(context.Background())
+	}
 	newSink := func() (*kafka.Sink, error) {
-		return kafka.New(j.cfg.Kafka, plan.Tables, types, j.log.With("stage", "kafka"))
+		s, err := kafka.New(j.cfg.Kafka, plan.Tables, types, j.log.With("stage", "kafka"))
+		if err == nil && fetcher != nil {
+			s.Fetch = fetcher
+		}
+		return s, err
 	}
 	sink, err := newSink()
 	if err != nil {

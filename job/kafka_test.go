@@ -5,6 +5,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"github.com/promoted/promoted/apply/kafka"
 	"github.com/promoted/promoted/testenv"
 )
@@ -25,7 +27,7 @@ func TestReplicateToKafkaUnderLoad(t *testing.T) {
 	defer k.Close()
 	stopLoad := load(t, ctx, s.App, []int{1, 2, 3}, 2)
 	j, err := New(Config{SourceDSN: s.Mover, TargetDSN: "kafka://" + k.Addr() + "/pm", Tenant: "1", Tables: movedTables,
-		Kafka: kafka.Config{Tombstones: true}}, testLogger(t))
+		Kafka: kafka.Config{Tombstones: true, RereadToast: true}}, testLogger(t))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -51,6 +53,33 @@ func TestReplicateToKafkaUnderLoad(t *testing.T) {
 		t.Fatal(err)
 	}
 	compareKafka(t, ctx, s.Admin, j, "1")
+	// The writers' updates leave TOASTed notes unchanged: with
+	// RereadToast those values were re-read from the source.
+	if n := counter(t, "promoted_kafka_toast_rereads_total", "1"); n == 0 {
+		t.Errorf("no unchanged TOAST value was re-read: the writers' TOAST updates did not reach the re-read")
+	}
+}
+
+// counter reads a counter of the tenant from the default registry.
+func counter(t *testing.T, name, tenant string) float64 {
+	t.Helper()
+	families, err := prometheus.DefaultGatherer.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range families {
+		if f.GetName() != name {
+			continue
+		}
+		for _, m := range f.GetMetric() {
+			for _, l := range m.GetLabel() {
+				if l.GetName() == "tenant" && l.GetValue() == tenant {
+					return m.GetCounter().GetValue()
+				}
+			}
+		}
+	}
+	return 0
 }
 
 // compareKafka folds the replica's topics and compares them with the

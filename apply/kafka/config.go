@@ -57,6 +57,12 @@ type Config struct {
 	// creates (-1: the broker's defaults).
 	Partitions        int
 	ReplicationFactor int
+	// RereadToast fills unchanged TOAST values (which pgoutput does not
+	// send) with the row's current value, re-read from the source
+	// (Sink.Fetch), instead of Debezium's placeholder: a later change may
+	// already have replaced it there, and that change's own record
+	// follows. A row gone since keeps the placeholder.
+	RereadToast bool
 }
 
 // Bind registers the sink's flags. The brokers and the prefix come from
@@ -72,6 +78,7 @@ func (c *Config) Bind(fs *pflag.FlagSet) {
 	fs.DurationVar(&c.Timeout, "kafka-timeout", 30*time.Second, "longest a broker may take to answer one request")
 	fs.IntVar(&c.Partitions, "kafka-partitions", -1, "partitions of the topics the sink creates (-1: the broker's num.partitions)")
 	fs.IntVar(&c.ReplicationFactor, "kafka-replication-factor", -1, "replication factor of the topics the sink creates (-1: the broker's default)")
+	fs.BoolVar(&c.RereadToast, "kafka-reread-toast", false, "fill unchanged TOAST values with the row's current value, re-read from the source, instead of Debezium's placeholder __debezium_unavailable_value (a later change may already show in it)")
 }
 
 // Validate fills defaults for zero values and refuses impossible ones.

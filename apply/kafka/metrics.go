@@ -28,16 +28,19 @@ var (
 		Name: "promoted_kafka_flush_seconds", Help: "Time to write the buffered records and receive acks=all.",
 		Buckets: prometheus.ExponentialBuckets(0.0005, 2, 16),
 	}, []string{"tenant"})
+	kafkaRereads = promauto.NewCounterVec(prometheus.CounterOpts{
+		Name: "promoted_kafka_toast_rereads_total", Help: "Rows re-read from the source to fill unchanged TOAST values (--kafka-reread-toast).",
+	}, []string{"tenant"})
 	kafkaDurable = promauto.NewGaugeVec(prometheus.GaugeOpts{
 		Name: "promoted_kafka_durable_lsn_bytes", Help: "End LSN of the last source transaction whose records the broker acknowledged (LSN as a number).",
 	}, []string{"tenant"})
 )
 
 type metrics struct {
-	records, bytes, batches, errors, txns prometheus.Counter
-	changes                               map[byte]prometheus.Counter
-	flushSeconds                          prometheus.Observer
-	durable                               prometheus.Gauge
+	records, bytes, batches, errors, txns, rereads prometheus.Counter
+	changes                                        map[byte]prometheus.Counter
+	flushSeconds                                   prometheus.Observer
+	durable                                        prometheus.Gauge
 }
 
 func newMetrics(tenant string) *metrics {
@@ -47,6 +50,7 @@ func newMetrics(tenant string) *metrics {
 		batches:      kafkaBatches.WithLabelValues(tenant),
 		errors:       kafkaErrors.WithLabelValues(tenant),
 		txns:         kafkaTxns.WithLabelValues(tenant),
+		rereads:      kafkaRereads.WithLabelValues(tenant),
 		flushSeconds: kafkaFlushSeconds.WithLabelValues(tenant),
 		durable:      kafkaDurable.WithLabelValues(tenant),
 		changes:      map[byte]prometheus.Counter{},

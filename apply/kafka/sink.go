@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"sync/atomic"
 	"time"
 
@@ -32,6 +33,10 @@ import (
 // them by source.lsn and source.sequence (Debezium's own advice for its
 // at-least-once delivery).
 type Sink struct {
+	// Fetch re-reads rows from the source for Config.RereadToast; set it
+	// before the first Apply.
+	Fetch promoted.RowFetcher
+
 	cfg       Config
 	log       *slog.Logger
 	m         *metrics
@@ -239,7 +244,11 @@ func (s *Sink) change(ctx context.Context, te *tableEnc, txn *promoted.Txn, c *p
 	}
 	switch c.Op {
 	case promoted.Insert:
-		return s.emit(ctx, te, &envelope{op: 'c', after: c.New, src: src, txBlock: block()}, c.New, pos, nil)
+		after, err := s.reread(ctx, t, c.New, txn.Xid)
+		if err != nil {
+			return err
+		}
+		return s.emit(ctx, te, &envelope{op: 'c', after: after, src: src, txBlock: block()}, after, pos, nil)
 	case promoted.Update:
 		after := c.New
 		full := t.ReplicaIdentity == 'f' && c.KeyColumns == nil && c.Key != nil
@@ -247,6 +256,10 @@ func (s *Sink) change(ctx context.Context, te *tableEnc, txn *promoted.Txn, c *p
 			// REPLICA IDENTITY FULL sends the whole old row, whose values
 			// stand in for unchanged TOAST values of the new one.
 			after = withOldToasted(c.New, c.Key)
+		}
+		after, err := s.reread(ctx, t, after, txn.Xid)
+		if err != nil {
+			return err
 		}
 		if c.Key != nil && !samePK(t, c.Key, c.New) {
 			return s.keyChange(ctx, te, txn, c, after, src, pos, block, full)
@@ -336,6 +349,31 @@ func (s *Sink) tombstone(ctx context.Context, te *tableEnc, keyRow promoted.Row,
 		return err
 	}
 	return s.add(ctx, &record{topic: te.topic, key: s.keyBuf, headers: headers}, &pos)
+}
+
+// reread fills a row's unchanged TOAST values from the source's current
+// row, with --kafka-reread-toast; otherwise, or when the row is gone
+// from the source since, the row is returned as it is (the encoder writes
+// the placeholder).
+func (s *Sink) reread(ctx context.Context, t *promoted.Table, row promoted.Row, xid uint32) (promoted.Row, error) {
+	if !s.cfg.RereadToast || s.Fetch == nil || !slices.ContainsFunc(row, func(v promoted.Value) bool { return v.Kind == promoted.Unchanged }) {
+		return row, nil
+	}
+	now, ok, err := s.Fetch.FetchRow(ctx, t, row, xid)
+	if err != nil {
+		return nil, fmt.Errorf("re-read unchanged TOAST values of %s: %w", t, err)
+	}
+	if !ok {
+		return row, nil
+	}
+	s.m.rereads.Inc()
+	out := append(promoted.Row(nil), row...)
+	for i, v := range out {
+		if v.Kind == promoted.Unchanged && i < len(now) && now[i].Kind != promoted.Unchanged && !t.Columns[i].Generated {
+			out[i] = now[i]
+		}
+	}
+	return out, nil
 }
 
 // samePK reports whether two rows carry the same primary key text.
