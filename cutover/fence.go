@@ -7,8 +7,11 @@ package cutover
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"time"
 
@@ -22,12 +25,58 @@ import (
 // FenceSQLState is the SQLSTATE of a write rejected by the fence.
 const FenceSQLState = state.FenceSQLState
 
-// TriggerName is the fence trigger on every moved source table;
-// TruncateTriggerName its statement-level twin.
+// TriggerName was the one fence trigger of a moved table, shared by every
+// tenant's move and fired by every tenant's write (promoted before
+// per-tenant triggers): RemoveFence still drops it. TruncateTriggerName is
+// the statement-level trigger that the moves of a table share.
 const (
 	TriggerName         = "promoted_fence"
 	TruncateTriggerName = "promoted_fence_truncate"
 )
+
+// TenantTriggers names a tenant's row triggers on a moved table, for
+// INSERT, UPDATE and DELETE. Each fires only for the tenant's rows (its
+// WHEN clause, which the server evaluates without calling the function),
+// so other tenants' writes never run the fence function: one PL/pgSQL
+// call and one probe of promoted.fence per row cut a table's insert rate
+// five- to six-fold (328k rows/s bare, 59k with a trigger for every row,
+// 363k with the tenant's triggers and another tenant's rows).
+func TenantTriggers(tenant string) []string {
+	h := sha256.Sum256([]byte(tenant))
+	base := "promoted_fence_" + hex.EncodeToString(h[:6])
+	return []string{base + "_i", base + "_u", base + "_d"}
+}
+
+// tenantTriggerDDL creates the tenant's row triggers and the shared
+// truncate trigger on t, enabled ALWAYS, replacing earlier ones. A table
+// without the tenant column (moved whole) is the tenant's alone: its
+// triggers fire for every row.
+func tenantTriggerDDL(t *promoted.Table, fn string) string {
+	name := pgx.Identifier{t.Schema, t.Name}.Sanitize()
+	args := make([]string, len(t.PrimaryKey))
+	for i, k := range t.PrimaryKey {
+		args[i] = promoted.QuoteLiteral(t.Columns[k].Name)
+	}
+	call := "EXECUTE FUNCTION promoted." + fn + "(" + strings.Join(args, ", ") + ")"
+	when := [3]string{}
+	if !t.Whole() {
+		c, v := promoted.QuoteIdent(t.Columns[t.Tenant].Name), t.TenantValue()
+		when = [3]string{
+			" WHEN (NEW." + c + " = " + v + ")",
+			" WHEN (OLD." + c + " = " + v + " OR NEW." + c + " = " + v + ")",
+			" WHEN (OLD." + c + " = " + v + ")",
+		}
+	}
+	var b strings.Builder
+	for i, ev := range []string{"INSERT", "UPDATE", "DELETE"} {
+		trg := pgx.Identifier{TenantTriggers(t.TenantLiteral)[i]}.Sanitize()
+		fmt.Fprintf(&b, "DROP TRIGGER IF EXISTS %[1]s ON %[2]s;\nCREATE TRIGGER %[1]s BEFORE %[3]s ON %[2]s FOR EACH ROW%[4]s %[5]s;\nALTER TABLE %[2]s ENABLE ALWAYS TRIGGER %[1]s;\n",
+			trg, name, ev, when[i], call)
+	}
+	fmt.Fprintf(&b, "DROP TRIGGER IF EXISTS %[1]s ON %[2]s;\nCREATE TRIGGER %[1]s BEFORE TRUNCATE ON %[2]s FOR EACH STATEMENT %[3]s;\nALTER TABLE %[2]s ENABLE ALWAYS TRIGGER %[1]s",
+		TruncateTriggerName, name, call)
+	return b.String()
+}
 
 // InstallFence creates, on each moved source table, the fence triggers,
 // enabled ALWAYS so sessions with session_replication_role = replica are
@@ -58,17 +107,7 @@ func InstallFence(ctx context.Context, src *pgx.Conn, schema string, tables []*p
 		if ok {
 			continue
 		}
-		name := pgx.Identifier{t.Schema, t.Name}.Sanitize()
-		args := make([]string, len(t.PrimaryKey))
-		for i, k := range t.PrimaryKey {
-			args[i] = promoted.QuoteLiteral(t.Columns[k].Name)
-		}
-		stmt := fmt.Sprintf(`DROP TRIGGER IF EXISTS %[1]s ON %[2]s;
-DROP TRIGGER IF EXISTS %[3]s ON %[2]s;
-CREATE TRIGGER %[1]s BEFORE INSERT OR UPDATE OR DELETE ON %[2]s FOR EACH ROW EXECUTE FUNCTION promoted.%[4]s(%[5]s);
-CREATE TRIGGER %[3]s BEFORE TRUNCATE ON %[2]s FOR EACH STATEMENT EXECUTE FUNCTION promoted.%[4]s(%[5]s);
-ALTER TABLE %[2]s ENABLE ALWAYS TRIGGER %[1]s;
-ALTER TABLE %[2]s ENABLE ALWAYS TRIGGER %[3]s`, TriggerName, name, TruncateTriggerName, fn, strings.Join(args, ", "))
+		stmt := tenantTriggerDDL(t, fn)
 		if err := ExecLockRetry(ctx, src, stmt); err != nil {
 			return fmt.Errorf("install fence on %s: %w", t, err)
 		}
@@ -76,19 +115,21 @@ ALTER TABLE %[2]s ENABLE ALWAYS TRIGGER %[3]s`, TriggerName, name, TruncateTrigg
 	return nil
 }
 
-// triggersInPlace reports whether both fence triggers of t exist, call fn
-// with the table's primary-key columns, and are enabled ALWAYS.
+// triggersInPlace reports whether the tenant's three row triggers and
+// the truncate trigger of t exist, call fn with the table's primary-key
+// columns, and are enabled ALWAYS.
 func triggersInPlace(ctx context.Context, q state.Querier, t *promoted.Table, fn string) (bool, error) {
 	var args []byte
 	for _, k := range t.PrimaryKey {
 		args = append(append(args, t.Columns[k].Name...), 0)
 	}
+	names := append(TenantTriggers(t.TenantLiteral), TruncateTriggerName)
 	var n int
 	err := q.QueryRow(ctx, `SELECT count(*) FROM pg_trigger g
-	    WHERE g.tgrelid = $1::regclass AND g.tgname IN ($2, $3) AND g.tgenabled = 'A'
-	      AND g.tgfoid = ('promoted.' || $4 || '()')::regprocedure AND g.tgargs = $5`,
-		pgx.Identifier{t.Schema, t.Name}.Sanitize(), TriggerName, TruncateTriggerName, fn, args).Scan(&n)
-	return n == 2, err
+	    WHERE g.tgrelid = $1::regclass AND g.tgname = ANY ($2) AND g.tgenabled = 'A'
+	      AND g.tgfoid = ('promoted.' || $3 || '()')::regprocedure AND g.tgargs = $4`,
+		pgx.Identifier{t.Schema, t.Name}.Sanitize(), names, fn, args).Scan(&n)
+	return n == len(names), err
 }
 
 // checkTriggers fails unless every table's fence triggers are in place.
@@ -106,12 +147,14 @@ func checkTriggers(ctx context.Context, q state.Querier, tables []*promoted.Tabl
 	return nil
 }
 
-// RemoveFence drops the fence triggers from every table of schema that no
-// active move other than jobID still needs, deciding under the schema's
-// fence lock: the triggers are shared by every move of the table
-// (docs/hazards.md 14.5), so one tenant's cancel or cleanup must never unfence
-// another tenant in flight.
-func RemoveFence(ctx context.Context, src *pgx.Conn, schema, jobID string) error {
+// RemoveFence drops, from every table of schema, the fence triggers that
+// no active move other than jobID still needs: tenant's row triggers where
+// no other move of that tenant needs the table, and the shared truncate
+// trigger (and an older promoted's shared row trigger) where no move at
+// all does. It decides under the schema's fence lock, so one tenant's
+// cancel or cleanup never unfences another tenant in flight
+// (docs/hazards.md 14.5).
+func RemoveFence(ctx context.Context, src *pgx.Conn, schema, jobID, tenant string) error {
 	if ok, err := hasFenceTable(ctx, src); err != nil || !ok {
 		return err
 	}
@@ -124,26 +167,36 @@ func RemoveFence(ctx context.Context, src *pgx.Conn, schema, jobID string) error
 	if err != nil {
 		return err
 	}
-	if need[state.AllTables] {
+	if need[state.AllTables] != nil {
 		return nil
 	}
-	rows, err := src.Query(ctx, `SELECT DISTINCT c.relname FROM pg_trigger g JOIN pg_class c ON c.oid = g.tgrelid
-	    JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = $1 AND g.tgname IN ($2, $3)`, schema, TriggerName, TruncateTriggerName)
+	mine := TenantTriggers(tenant)
+	shared := []string{TriggerName, TruncateTriggerName}
+	rows, err := src.Query(ctx, `SELECT c.relname::text, g.tgname::text FROM pg_trigger g JOIN pg_class c ON c.oid = g.tgrelid
+	    JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = $1 AND (g.tgname = ANY ($2) OR g.tgname = ANY ($3))
+	   ORDER BY 1, 2`, schema, mine, shared)
 	if err != nil {
 		return fmt.Errorf("remove fence: %w", err)
 	}
-	tables, err := pgx.CollectRows(rows, pgx.RowTo[string])
-	if err != nil {
-		return fmt.Errorf("remove fence: %w", err)
-	}
-	for _, t := range tables {
-		if need[t] {
-			continue
+	drop := map[string][]string{} // by table, in table order
+	var order []string
+	var table, trigger string
+	if _, err := pgx.ForEachRow(rows, []any{&table, &trigger}, func() error {
+		if slices.Contains(shared, trigger) && len(need[table]) > 0 || slices.Contains(mine, trigger) && need[table][tenant] {
+			return nil
 		}
-		name := pgx.Identifier{schema, t}.Sanitize()
-		stmt := fmt.Sprintf("DROP TRIGGER IF EXISTS %s ON %s; DROP TRIGGER IF EXISTS %s ON %s", TriggerName, name, TruncateTriggerName, name)
-		if err := ExecLockRetry(ctx, src, stmt); err != nil {
-			return fmt.Errorf("remove fence from %s: %w", name, err)
+		if drop[table] == nil {
+			order = append(order, table)
+		}
+		name := pgx.Identifier{schema, table}.Sanitize()
+		drop[table] = append(drop[table], "DROP TRIGGER IF EXISTS "+pgx.Identifier{trigger}.Sanitize()+" ON "+name)
+		return nil
+	}); err != nil {
+		return fmt.Errorf("remove fence: %w", err)
+	}
+	for _, t := range order {
+		if err := ExecLockRetry(ctx, src, strings.Join(drop[t], "; ")); err != nil {
+			return fmt.Errorf("remove fence from %s: %w", pgx.Identifier{schema, t}.Sanitize(), err)
 		}
 	}
 	return nil

@@ -256,7 +256,7 @@ func Cancel(ctx context.Context, c EndConfig, log *slog.Logger) (string, error) 
 	if err := state.DisarmFence(ctx, src, rec.Schema, rec.Tenant, rec.ID); err != nil {
 		return rec.ID, err
 	}
-	if err := cutover.RemoveFence(ctx, src, rec.Schema, rec.ID); err != nil {
+	if err := cutover.RemoveFence(ctx, src, rec.Schema, rec.ID, rec.Tenant); err != nil {
 		return rec.ID, err
 	}
 	if err := snapshot.Drop(ctx, src, snapshot.NamesFor(rec.ID)); err != nil {
@@ -347,7 +347,7 @@ func Cleanup(ctx context.Context, c EndConfig, log *slog.Logger) (map[string]int
 	if err := state.SetJobPhase(ctx, src, rec.ID, state.PhaseCleaned, "cleaned", nil); err != nil {
 		return deleted, err
 	}
-	return deleted, cutover.RemoveFence(ctx, src, rec.Schema, rec.ID)
+	return deleted, cutover.RemoveFence(ctx, src, rec.Schema, rec.ID, rec.Tenant)
 }
 
 // cleanupDemotion drops the dedicated tables a demotion moved out of,
@@ -379,7 +379,7 @@ func cleanupDemotion(ctx context.Context, src *pgx.Conn, rec *state.Job, c *EndC
 	if err := state.SetJobPhase(ctx, src, rec.ID, state.PhaseCleaned, "cleaned", nil); err != nil {
 		return err
 	}
-	return cutover.RemoveFence(ctx, src, rec.Schema, rec.ID)
+	return cutover.RemoveFence(ctx, src, rec.Schema, rec.ID, rec.Tenant)
 }
 
 // dropRollbackSlot drops the promotion's rollback slot and publication on
@@ -429,5 +429,5 @@ func cancelRollback(ctx context.Context, src *pgx.Conn, rec *state.Job, c *EndCo
 	if err := state.SetJobPhase(ctx, src, rec.ID, state.PhaseCancelled, "cancelled", nil); err != nil {
 		return err
 	}
-	return cutover.RemoveFence(ctx, src, rec.Schema, rec.ID)
+	return cutover.RemoveFence(ctx, src, rec.Schema, rec.ID, rec.Tenant)
 }

@@ -260,5 +260,5 @@ func (j *Job) finishRollback(ctx context.Context) error {
 	if err := state.SetJobPhase(ctx, pooled, j.cfg.PromoteID, state.PhaseRolledBack, "rolled back", nil); err != nil {
 		return err
 	}
-	return cutover.RemoveFence(ctx, pooled, schema, j.cfg.PromoteID)
+	return cutover.RemoveFence(ctx, pooled, schema, j.cfg.PromoteID, tenant)
 }

@@ -331,22 +331,29 @@ const AllTables = "*"
 
 // FencedTables are the tables of schema that some active move (one that
 // has been neither cancelled nor cleaned up) other than except still
-// needs fenced. Call it under FenceLock.
-func FencedTables(ctx context.Context, q Querier, schema, except string) (map[string]bool, error) {
+// needs fenced, each with the tenants those moves move. Call it under
+// FenceLock.
+func FencedTables(ctx context.Context, q Querier, schema, except string) (map[string]map[string]bool, error) {
 	jobs, err := Jobs(ctx, q)
 	if err != nil {
 		return nil, err
 	}
-	need := map[string]bool{}
+	need := map[string]map[string]bool{}
+	add := func(table, tenant string) {
+		if need[table] == nil {
+			need[table] = map[string]bool{}
+		}
+		need[table][tenant] = true
+	}
 	for _, j := range jobs {
 		if j.ID == except || j.Schema != schema || j.Kind != KindPromote || !j.Active() {
 			continue
 		}
 		if len(j.Tables) == 0 {
-			need[AllTables] = true // recorded by an older promoted: assume every table
+			add(AllTables, j.Tenant) // recorded by an older promoted: assume every table
 		}
 		for _, t := range j.Tables {
-			need[t] = true
+			add(t, j.Tenant)
 		}
 	}
 	return need, nil
