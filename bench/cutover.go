@@ -164,13 +164,22 @@ func (e *env) underLoad(ctx context.Context, first int, fn func() error) error {
 // pooled tables, under the same pgbench load on the other tenants and
 // with a writer on its dedicated side that follows the catalog: the copy
 // rate into live pooled tables and the writes-blocked time, beside
-// promote's. The tenant's old pooled rows are first deleted the quick
-// way (what `cleanup` does in small batches).
+// promote's. The promotion is first cleaned up the quick way, ending as
+// `cleanup` ends (which deletes in small batches): the tenant's old
+// pooled rows deleted, its fence row and fence triggers gone, its move
+// recorded as cleaned up.
 func (e *env) demotion(ctx context.Context, last sized) (sized, error) {
 	t := last.tenant
+	var drops []string
+	for _, tbl := range benchTables {
+		for _, trg := range cutover.TenantTriggers(fmt.Sprint(t)) {
+			drops = append(drops, "DROP TRIGGER IF EXISTS "+trg+" ON "+tbl)
+		}
+	}
 	reset := fmt.Sprintf(`DELETE FROM promoted.fence WHERE tenant_id = '%[1]d'; SET session_replication_role = replica;
 	    DELETE FROM order_lines WHERE tenant_id = %[1]d; DELETE FROM orders WHERE tenant_id = %[1]d; DELETE FROM customers WHERE tenant_id = %[1]d;
-	    RESET session_replication_role`, t)
+	    RESET session_replication_role; %[2]s;
+	    UPDATE promoted.jobs SET phase = '%[3]s' WHERE tenant_id = '%[1]d' AND kind = '%[4]s'`, t, strings.Join(drops, "; "), state.PhaseCleaned, state.KindPromote)
 	if err := exec1(ctx, e.srcDSN, reset); err != nil {
 		return sized{}, fmt.Errorf("delete tenant %d's old pooled rows: %w", t, err)
 	}

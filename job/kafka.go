@@ -151,10 +151,14 @@ func (j *Job) runKafka(ctx context.Context) error {
 			return err
 		}
 	case rec.Phase == state.PhasePrepare || rec.Phase == state.PhaseCopy:
-		j.log.Warn("an earlier run stopped before the snapshot was written whole: streaming the changes since its start, then taking it again (its rows are written again; consumers upsert op r by key)", "stage", "prepare")
+		j.log.Warn("an earlier run stopped before the snapshot was written whole: streaming the changes since its start, then writing the rows not yet delivered as of a new snapshot (rows of a batch the broker never acknowledged may repeat; consumers upsert op r by key)", "stage", "prepare")
 		sink.Close() // the snapshot's records will make what it read stale
 		sink = nil
-		if err := j.kafkaResnapshot(ctx, src, newSink); err != nil {
+		var done map[string]kafka.SnapshotProgress
+		if !res.Streamed {
+			done = res.Snapshot
+		}
+		if err := j.kafkaResnapshot(ctx, src, newSink, done); err != nil {
 			return err
 		}
 	}
@@ -178,7 +182,7 @@ func (j *Job) kafkaSnapshot(ctx context.Context, src *pgx.Conn, sink *kafka.Sink
 		return err
 	}
 	defer repl.Close(context.Background())
-	return j.writeSnapshot(ctx, sink, slot.SnapshotName, slot.ConsistentPoint)
+	return j.writeSnapshot(ctx, sink, slot.SnapshotName, slot.ConsistentPoint, nil)
 }
 
 // anySnapshot reports whether the topics hold snapshot records.
@@ -194,7 +198,7 @@ func anySnapshot(res *kafka.Resumed) bool {
 // writeSnapshot writes every row of the tenant as a snapshot record
 // (op r), read under the exported snapshot name taken at lsn, and records
 // that the topics hold the whole snapshot.
-func (j *Job) writeSnapshot(ctx context.Context, sink *kafka.Sink, name string, lsn promoted.LSN) error {
+func (j *Job) writeSnapshot(ctx context.Context, sink *kafka.Sink, name string, lsn promoted.LSN, done map[string]kafka.SnapshotProgress) error {
 	conn, err := db.Open(ctx, db.Source, j.cfg.SourceDSN, "promoted-snapshot")
 	if err != nil {
 		return err
@@ -210,7 +214,15 @@ func (j *Job) writeSnapshot(ctx context.Context, sink *kafka.Sink, name string, 
 	// empty, as Debezium's would for a snapshot on a standby.
 	sink.StartSnapshot(kafka.SnapshotInfo{LSN: lsn})
 	for _, t := range j.plan.Tables {
-		if err := sink.SnapshotTable(ctx, conn, t, nil, snapshotBatch); err != nil {
+		p := done[t.String()]
+		if p.Complete {
+			j.log.Info("snapshot of the table already delivered", "stage", "snapshot", "table", t.String())
+			continue
+		}
+		if p.After != nil {
+			j.log.Info("snapshot of the table resumed after its last row delivered", "stage", "snapshot", "table", t.String(), "after", p.After)
+		}
+		if err := sink.SnapshotTable(ctx, conn, t, p.After, snapshotBatch); err != nil {
 			return err
 		}
 		if j.Hooks.AfterChunk != nil {

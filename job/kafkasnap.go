@@ -20,9 +20,19 @@ import (
 // gone since. So: a new exported snapshot is taken (a temporary slot, at
 // lsn), the changes from the old slot's start up to lsn are streamed first
 // (so a row deleted meanwhile is deleted in the topics too), and then every
-// row is written again as of lsn; the stream goes on from there. Each key
-// ends as the source has it, in order; only snapshot rows repeat.
-func (j *Job) kafkaResnapshot(ctx context.Context, src *pgx.Conn, newSink func() (*kafka.Sink, error)) error {
+// row not yet delivered is written as of lsn; the stream goes on from
+// there. Each key ends as the source has it, in order.
+//
+// done is what the topics held before anything was streamed (Resume's
+// snapshot progress): the tables wholly written and, in the others, the
+// key up to which every row was acknowledged. Those rows are not written
+// again: each was written as of an earlier snapshot point, and every
+// change after that point up to lsn is in the stream just delivered (a
+// slot only advances past a window once it is delivered). Rows of an
+// unacknowledged batch may still repeat. nil (the topics already hold
+// change records last: an earlier resnapshot stopped in its stream)
+// writes every row again.
+func (j *Job) kafkaResnapshot(ctx context.Context, src *pgx.Conn, newSink func() (*kafka.Sink, error), done map[string]kafka.SnapshotProgress) error {
 	j.setPhase("snapshot")
 	repl, err := snapshot.ConnectReplication(ctx, j.cfg.SourceDSN, j.cfg.SlotTimeout)
 	if err != nil {
@@ -59,7 +69,7 @@ func (j *Job) kafkaResnapshot(ctx context.Context, src *pgx.Conn, newSink func()
 		return err
 	}
 	defer sink.Close()
-	return j.writeSnapshot(ctx, sink, tmp.SnapshotName, tmp.ConsistentPoint)
+	return j.writeSnapshot(ctx, sink, tmp.SnapshotName, tmp.ConsistentPoint, done)
 }
 
 // advanceSlot moves the replica's slot to lsn (what the broker has

@@ -68,15 +68,25 @@ func TestKafkaKillDuringStream(t *testing.T) {
 }
 
 // TestKafkaKillDuringSnapshot: SIGKILL while the snapshot is being
-// written. The restarted daemon takes the snapshot again with a new slot
-// (an exported snapshot dies with its session): snapshot rows may repeat
-// (op r, an upsert by key), changes never, and nothing is missing.
+// written, during its second table. The restarted daemon streams the
+// changes since the first snapshot's point, then writes, as of a new
+// exported snapshot (the old one died with its session), only the rows
+// not yet delivered: the first table is not written again, the second
+// only from its last acknowledged row on (rows of the batch in flight at
+// the kill may repeat, op r, an upsert by key). Changes never repeat, and
+// nothing is missing.
 func TestKafkaKillDuringSnapshot(t *testing.T) {
 	ctx := context.Background()
 	srcDSN, jobID, k, args, stopLoad := kafkaSetup(t)
-	d := startDaemon(t, []string{"PROMOTED_TEST_CHUNK_DELAY=1s"}, args...)
+	// Small batches, so the first table's are acknowledged (and say so
+	// in later records) before the kill.
+	d := startDaemon(t, []string{"PROMOTED_TEST_CHUNK_DELAY=1s"}, append(args, "--kafka-flush-bytes", "65536")...)
 	waitFor(t, d, 90*time.Second, "the snapshot", func() bool { return replicaPhase(ctx, srcDSN, jobID) == "snapshot" })
-	time.Sleep(1500 * time.Millisecond)
+	waitFor(t, d, 60*time.Second, "the second table's snapshot records", func() bool {
+		changes, reads := records(t, ctx, k.Addr(), "pm.public.events")
+		return len(changes)+len(reads) > 0
+	})
+	time.Sleep(500 * time.Millisecond)
 	d.kill(t)
 	if p := replicaPhase(ctx, srcDSN, jobID); p != "snapshot" {
 		t.Fatalf("phase %q after the kill: the kill did not land during the snapshot", p)
@@ -84,15 +94,22 @@ func TestKafkaKillDuringSnapshot(t *testing.T) {
 	d = startDaemon(t, nil, args...)
 	waitFor(t, d, 90*time.Second, "the stream", func() bool { return replicaPhase(ctx, srcDSN, jobID) == "catchup" })
 	time.Sleep(2 * time.Second)
-	finishKafka(t, d, srcDSN, jobID, k, stopLoad, true)
+	repeated := finishKafka(t, d, srcDSN, jobID, k, stopLoad, true)
+	if repeated["public.customers"] != 0 {
+		t.Errorf("the first table, wholly delivered before the kill, had %d snapshot rows written again", repeated["public.customers"])
+	}
+	if n, all := repeated["public.events"], 1000; n >= all {
+		t.Errorf("the second table had %d snapshot rows written again: the resumed snapshot started it over", n)
+	}
 }
 
 // finishKafka stops the writers, waits for the slot to pass the source's
 // position (it is acknowledged only past what the broker acknowledged),
 // stops the daemon, folds the topics and compares them with the tenant's
 // rows, and counts repeated records.
-func finishKafka(t *testing.T, d *daemon, srcDSN, jobID string, k *testenv.Kafka, stopLoad func(), snapshotRepeats bool) {
+func finishKafka(t *testing.T, d *daemon, srcDSN, jobID string, k *testenv.Kafka, stopLoad func(), snapshotRepeats bool) (repeatedByTable map[string]int) {
 	t.Helper()
+	repeatedByTable = map[string]int{}
 	ctx := context.Background()
 	stopLoad()
 	end, err := currentLSN(ctx, srcDSN)
@@ -153,6 +170,7 @@ func finishKafka(t *testing.T, d *daemon, srcDSN, jobID string, k *testenv.Kafka
 			}
 		}
 		t.Logf("%s: %d rows, %d change records, %d snapshot rows (%d written again)", tb, want, len(changes), len(reads), repeated)
+		repeatedByTable[tb.String()] = repeated
 	}
 	diffs, err := kafka.Compare(ctx, conn, plan.Tables, folded, 0)
 	if err != nil {
@@ -165,6 +183,7 @@ func finishKafka(t *testing.T, d *daemon, srcDSN, jobID string, k *testenv.Kafka
 		t.Errorf("slots on the source: %v, want exactly [%s] (a restart must not leave an orphan)", s, slot)
 	}
 	cancelJob(t, ctx, srcDSN, "public", "1")
+	return repeatedByTable
 }
 
 // records reads every record of a topic and counts the change records by
