@@ -94,7 +94,7 @@ func (c *Config) BindMove(fs *pflag.FlagSet) {
 	fs.StringVar(&c.TenantColumn, "tenant-column", "tenant_id", "column that holds the tenant in pooled tables")
 	fs.StringVar(&c.Schema, "schema", "public", "source schema")
 	fs.StringVar(&c.TargetSchema, "target-schema", "", "target schema (default: same name; required when target and source are the same database)")
-	fs.StringSliceVar(&c.Tables, "tables", nil, "tables to move (default: every table of --schema with the tenant column)")
+	fs.StringSliceVar(&c.Tables, "tables", nil, "tables to move (default: every table of --schema with the tenant column; a demotion also takes, whole, those without it whose pooled table has it)")
 	fs.DurationVar(&c.SlotTimeout, "slot-timeout", time.Minute, "how long slot creation may wait for older source transactions to end")
 	fs.DurationVar(&c.ProgressInterval, "progress-interval", 5*time.Second, "how often progress is logged")
 	fs.DurationVar(&c.RetryFor, "retry-for", 10*time.Minute, "how long the catch-up keeps reconnecting after a lost connection or a restart before it gives up")
