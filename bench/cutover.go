@@ -180,10 +180,11 @@ func (e *env) demotion(ctx context.Context, last sized) (sized, error) {
 	    DELETE FROM order_lines WHERE tenant_id = %[1]d; DELETE FROM orders WHERE tenant_id = %[1]d; DELETE FROM customers WHERE tenant_id = %[1]d;
 	    RESET session_replication_role; %[2]s;
 	    UPDATE promoted.jobs SET phase = '%[3]s' WHERE tenant_id = '%[1]d' AND kind = '%[4]s'`, t, strings.Join(drops, "; "), state.PhaseCleaned, state.KindPromote)
-	if err := exec1(ctx, e.srcDSN, reset); err != nil {
+	// As the mover, who runs cleanup.
+	if err := exec1(ctx, e.srcMover, reset); err != nil {
 		return sized{}, fmt.Errorf("delete tenant %d's old pooled rows: %w", t, err)
 	}
-	if err := exec1(ctx, e.srcDSN, `VACUUM ANALYZE order_lines, orders, customers`); err != nil {
+	if err := exec1(ctx, e.srcMover, `VACUUM ANALYZE order_lines, orders, customers`); err != nil {
 		return sized{}, err
 	}
 	var out sized

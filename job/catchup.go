@@ -154,7 +154,8 @@ func (j *Job) reportProgress(ctx context.Context) func() {
 					return state.SetJobRows(ctx, c, j.ID, p.RowsCopied, p.RowsEstimated)
 				})
 			case "catchup":
-				lag, applied, lagS := j.Lag(), j.Applied(), j.LagSeconds()
+				lag, applied := j.Lag(), j.Applied()
+				lagS := j.lagSeconds(lag, applied)
 				j.m.lag.Set(float64(lag))
 				j.m.lagSeconds.Set(lagS)
 				rec = j.record(ctx, rec, "the catch-up's lag", func(c *pgx.Conn) error { return state.SetJobLag(ctx, c, j.ID, lagS) })

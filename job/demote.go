@@ -48,10 +48,11 @@ func checkPooledEach(ctx context.Context, src, dst *pgx.Conn, plan *schema.Plan,
 		usable = append(usable, t)
 	}
 	for _, t := range usable {
-		for _, err := range []error{checkCollisions(ctx, src, dst, t), checkParents(ctx, src, dst, t, targets)} {
-			if err != nil && !report(err) {
-				return
-			}
+		if err := checkCollisions(ctx, src, dst, t); err != nil && !report(err) {
+			return
+		}
+		if err := checkParents(ctx, src, dst, t, targets); err != nil && !report(err) {
+			return
 		}
 	}
 }

@@ -173,11 +173,14 @@ func (j *Job) Lag() int64 {
 
 // LagSeconds is how long the source has had WAL the target has not
 // durably applied: 0 when caught up, or before the catch-up.
-func (j *Job) LagSeconds() float64 {
-	if j.Lag() == 0 {
+func (j *Job) LagSeconds() float64 { return j.lagSeconds(j.Lag(), j.Applied()) }
+
+// lagSeconds is LagSeconds from a lag and applied position already read.
+func (j *Job) lagSeconds(lag int64, applied promoted.LSN) float64 {
+	if lag == 0 {
 		return 0
 	}
-	return j.clock.lagSeconds(j.Applied(), time.Now())
+	return j.clock.lagSeconds(applied, time.Now())
 }
 
 // sampleLag feeds the lag clock the source's WAL end as the stream last

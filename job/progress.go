@@ -42,7 +42,8 @@ func (j *Job) estimate(tables []*promoted.Table) {
 // Progress reads the move's progress; safe from any goroutine.
 func (j *Job) Progress() Progress {
 	p := Progress{Phase: j.Phase(), RowsEstimated: j.est.rows.Load(), BytesEstimated: j.est.bytes.Load(),
-		Lag: j.Lag(), LagSeconds: j.LagSeconds(), Applied: j.Applied()}
+		Lag: j.Lag(), Applied: j.Applied()}
+	p.LagSeconds = j.lagSeconds(p.Lag, p.Applied)
 	j.mu.Lock()
 	if j.copier != nil {
 		p.RowsCopied, p.BytesCopied = j.copier.RowsCopied(), j.copier.BytesCopied()
