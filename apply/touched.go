@@ -16,13 +16,36 @@ type Touched struct {
 	// Whole lists tables whose changes did not all carry the primary key
 	// (a replica identity other than the key): they need a full check.
 	Whole map[*promoted.Table]bool
+	// Overflow is set when more than MaxTouched rows were changed: the
+	// keys kept are incomplete, and a full check is needed.
+	Overflow bool
 }
 
+// Len is the number of touched keys kept.
+func (t Touched) Len() int {
+	n := 0
+	for _, ks := range t.Keys {
+		n += len(ks)
+	}
+	return n
+}
+
+// Complete reports whether the keys cover every row changed: else only a
+// full comparison covers them.
+func (t Touched) Complete() bool { return !t.Overflow && len(t.Whole) == 0 }
+
+// MaxTouched bounds the keys the sink keeps in memory: past it the
+// re-check compares everything instead, which at that many rows costs
+// little more than looking each one up.
+const MaxTouched = 100_000
+
 type tracker struct {
-	on    bool
-	seen  map[*promoted.Table]map[string]bool
-	keys  map[*promoted.Table][][]string
-	whole map[*promoted.Table]bool
+	on       bool
+	n        int
+	overflow bool
+	seen     map[*promoted.Table]map[string]bool
+	keys     map[*promoted.Table][][]string
+	whole    map[*promoted.Table]bool
 }
 
 // StartTracking forgets what was tracked and records every row changed
@@ -46,6 +69,7 @@ func (p *Postgres) Touched() Touched {
 	for k, v := range p.track.whole {
 		t.Whole[k] = v
 	}
+	t.Overflow = p.track.overflow
 	return t
 }
 
@@ -55,11 +79,14 @@ func (p *Postgres) trackChange(c *promoted.Change) {
 	}
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	if !p.track.on || c.Op == promoted.Message {
+	if !p.track.on || p.track.overflow || c.Op == promoted.Message {
 		return
 	}
 	t := c.Table
 	add := func(row promoted.Row) {
+		if p.track.overflow {
+			return
+		}
 		key := make([]string, len(t.PrimaryKey))
 		for i, k := range t.PrimaryKey {
 			if k >= len(row) || row[k].Kind != promoted.Text {
@@ -73,6 +100,12 @@ func (p *Postgres) trackChange(c *promoted.Change) {
 			p.track.seen[t] = map[string]bool{}
 		}
 		if !p.track.seen[t][id] {
+			if p.track.n >= MaxTouched {
+				p.track.overflow = true
+				p.track.seen, p.track.keys = nil, nil // let the memory go
+				return
+			}
+			p.track.n++
 			p.track.seen[t][id] = true
 			p.track.keys[t] = append(p.track.keys[t], key)
 		}

@@ -48,7 +48,7 @@ func (e *env) verifySpeed(ctx context.Context, dstDSN string) (prom, raw []float
 		start := time.Now()
 		var rows int64
 		for _, t := range benchTables {
-			q := fmt.Sprintf("SELECT count(*), coalesce(sum(hashtextextended(x::text, 0)::numeric), 0)::text FROM %s x WHERE %s", t, tenantWhere)
+			q := fmt.Sprintf("SELECT count(*), coalesce(sum(hashtextextended(x::text, 0)), 0)::text FROM %s x WHERE %s", t, tenantWhere)
 			var n1, n2 int64
 			var h1, h2 string
 			var g errgroup.Group

@@ -38,6 +38,11 @@ func (j *Job) catchup(ctx context.Context, repl *pgconn.PgConn, from promoted.LS
 	sink.Lose = j.Hooks.Lose
 	sink.Bypass = j.cfg.Rollback
 	sink.Evolve = j.follows()
+	if j.copyChecked {
+		// Every row the sink changes from the first change on is
+		// re-checked before the cutover (the copy's check).
+		sink.StartTracking()
+	}
 	defer sink.Close(context.Background())
 	gated := apply.NewGate(sink)
 	scfg := j.cfg.Stream

@@ -89,15 +89,41 @@ func (j *Job) recheck(ctx context.Context, src *pgx.Conn, sink *apply.Postgres, 
 		start := time.Now()
 		touched := sink.Touched()
 		sink.StartTracking()
-		written, err := state.ChangedKeysBefore(ctx, src, j.ID, epoch)
+		n, err := state.ChangedCount(ctx, src, j.ID, epoch)
 		if err != nil {
 			return nil, err
 		}
-		res, err := j.compareKeys(ctx, tx, dst, touched, written)
+		var res *verify.Result
+		if j.wholeRecheck(n, touched) {
+			j.log.Info("the tenant wrote too many rows for a re-check by key: comparing everything", "stage", "cutover", "written", n, "applied", touched.Len())
+			res, err = verify.Compare(ctx, tx, dst, j.plan.Tables, verify.Options{})
+		} else {
+			var written map[string][][]string
+			if written, err = state.ChangedKeysBefore(ctx, src, j.ID, epoch); err == nil {
+				res, err = j.compareKeys(ctx, tx, dst, touched, written)
+			}
+		}
 		if err != nil {
 			return nil, err
 		}
 		res.Duration = time.Since(start)
 		return res, nil
 	})
+}
+
+// wholeRecheck reports whether a re-check compares every row rather than
+// the rows written and applied: when the sink could not keep every key it
+// applied, or when there are so many (a tenth of the tenant, and at least
+// ten thousand) that looking each one up costs more than a full scan. The
+// first re-check after the copy's check covers everything written during
+// the copy, which for a busy tenant can be most of its rows.
+func (j *Job) wholeRecheck(written int64, touched apply.Touched) bool {
+	if !touched.Complete() {
+		return true
+	}
+	var rows int64
+	if j.preVerified != nil {
+		rows = j.preVerified.Rows
+	}
+	return written+int64(touched.Len()) > max(10_000, rows/10)
 }

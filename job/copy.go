@@ -58,6 +58,22 @@ func (j *Job) start(ctx context.Context, src, dst *pgx.Conn) error {
 			}
 		}
 	}
+	// The copy's check needs every row written after the snapshot
+	// recorded: the recording starts before the slot.
+	tracked := false
+	if j.wantCopyCheck() {
+		var err error
+		if tracked, err = j.track(ctx, src); err != nil {
+			return err
+		}
+		defer func() {
+			if !ok && tracked {
+				if err := state.StopTracking(context.Background(), src, j.ID); err != nil {
+					j.log.Error("stop tracking the tenant's writes after failure", "err", err)
+				}
+			}
+		}()
+	}
 	repl, slot, err := j.createSlot(ctx, src)
 	if err != nil {
 		return err
@@ -105,31 +121,25 @@ func (j *Job) start(ctx context.Context, src, dst *pgx.Conn) error {
 	j.log.Info("snapshot copied", "stage", "snapshot", "rows", rows, "bytes", bytes, "seconds", fmt.Sprintf("%.2f", secs),
 		"rows_per_second", int64(float64(rows)/secs), "mb_per_second", fmt.Sprintf("%.1f", float64(bytes)/secs/1e6))
 	j.copySeconds = secs
-	// Keys, indexes and foreign keys after the load: building them once is
-	// far cheaper than maintaining them row by row.
-	keysStart := time.Now()
-	created, err := createdTables(ctx, dst, j.ID)
+	// The source's side of the copy's check runs while the target builds
+	// its keys; the target's once they are built.
+	var totals *sourceTotals
+	tctx, cancelTotals := context.WithCancel(ctx)
+	defer cancelTotals()
+	if tracked {
+		totals = j.totalSource(tctx, slot.SnapshotName)
+	}
+	err = j.buildKeys(ctx, dst)
+	if err == nil && totals != nil {
+		err = j.checkCopy(ctx, totals, dst)
+	}
+	if totals != nil {
+		cancelTotals()
+		totals.close()
+	}
 	if err != nil {
 		return err
 	}
-	if err := j.runDDL(ctx, dst, j.plan.PostLoad(created)); err != nil {
-		return err
-	}
-	if j.Hooks.AfterKeys != nil {
-		j.Hooks.AfterKeys()
-	}
-	// Statistics and a visibility map for the freshly loaded tables: the
-	// tenant's queries get plans at once, and the cutover's counts under
-	// the fence are index-only scans instead of heap walks.
-	for _, t := range j.plan.Tables {
-		if !created(t) {
-			continue // a table other tenants use is left to autovacuum
-		}
-		if _, err := dst.Exec(ctx, "VACUUM (ANALYZE) "+pgx.Identifier{t.TargetSchema, t.TargetName}.Sanitize()); err != nil {
-			return fmt.Errorf("vacuum %s.%s on the target: %w", t.TargetSchema, t.TargetName, err)
-		}
-	}
-	j.log.Info("keys built", "stage", "snapshot", "seconds", fmt.Sprintf("%.2f", time.Since(keysStart).Seconds()))
 	prog.Phase, prog.Applied, prog.RowsCopied = state.ProgressCatchup, slot.ConsistentPoint, rows
 	if err := state.WriteProgress(ctx, dst, prog); err != nil {
 		return err
@@ -143,6 +153,36 @@ func (j *Job) start(ctx context.Context, src, dst *pgx.Conn) error {
 		return j.followAfter(ctx, err)
 	}
 	return err
+}
+
+// buildKeys adds the keys, indexes and foreign keys after the load:
+// building them once is far cheaper than maintaining them row by row.
+func (j *Job) buildKeys(ctx context.Context, dst *pgx.Conn) error {
+	keysStart := time.Now()
+	created, err := createdTables(ctx, dst, j.ID)
+	if err != nil {
+		return err
+	}
+	if err := j.runDDL(ctx, dst, j.plan.PostLoad(created)); err != nil {
+		return err
+	}
+	if j.Hooks.AfterKeys != nil {
+		j.Hooks.AfterKeys()
+	}
+	// Statistics for the freshly loaded tables, so the tenant's queries
+	// get plans at once. Their visibility map is left to autovacuum,
+	// which runs after a bulk insert on its own (PostgreSQL 13 and
+	// later): a VACUUM here would cost the move a pass over every page.
+	for _, t := range j.plan.Tables {
+		if !created(t) {
+			continue // a table other tenants use is left to autovacuum
+		}
+		if _, err := dst.Exec(ctx, "ANALYZE "+pgx.Identifier{t.TargetSchema, t.TargetName}.Sanitize()); err != nil {
+			return fmt.Errorf("analyze %s.%s on the target: %w", t.TargetSchema, t.TargetName, err)
+		}
+	}
+	j.log.Info("keys built", "stage", "snapshot", "seconds", fmt.Sprintf("%.2f", time.Since(keysStart).Seconds()))
+	return nil
 }
 
 // createSlot creates the move's publication and slot, with the exported

@@ -102,6 +102,9 @@ func (j *Job) followOnce(ctx context.Context) error {
 			return fmt.Errorf("end the slot's old walsender: %w", err)
 		}
 	}
+	// A new sink does not know the rows the one before changed: the copy's
+	// check no longer covers them, so the cutover verifies in full.
+	j.copyChecked = false
 	j.log.Info("resuming", "stage", "catchup", "from", prog.Applied.String())
 	repl, err := snapshot.ConnectReplication(ctx, j.cfg.SourceDSN, j.cfg.SlotTimeout)
 	if err != nil {

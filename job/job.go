@@ -82,7 +82,10 @@ type Job struct {
 	verified, preVerified *verify.Result
 	// rounds are the re-checks before the fence (converge); epoch is the
 	// tracking epoch from which the check under the fence re-compares.
-	rounds      []*verify.Result
+	rounds []*verify.Result
+	// copyChecked is set when the copy was verified at its snapshot and
+	// this process's sink has tracked every row it changed since.
+	copyChecked bool
 	epoch       int
 	copied      map[*promoted.Table]int64
 	copySeconds float64

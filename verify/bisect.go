@@ -58,17 +58,21 @@ func (c *comparer) sums(ctx context.Context, ts *tableSQL, r keyRange, bounds []
 // differ, the drill-down that names the keys.
 func (c *comparer) table(ctx context.Context, t *promoted.Table) (TableResult, error) {
 	start := time.Now()
-	res := TableResult{Table: t}
-	ts := newTableSQL(t, nil)
-	src, dst, err := c.sums(ctx, ts, keyRange{}, nil)
+	src, dst, err := c.sums(ctx, newTableSQL(t, nil), keyRange{}, nil)
 	if err != nil {
-		return res, err
+		return TableResult{Table: t}, err
 	}
-	s, d := src[0], dst[0]
+	return c.settle(ctx, t, src[0], dst[0], start)
+}
+
+// settle is a table's result from its totals on each side, drilling into
+// the table for the differing keys when they differ.
+func (c *comparer) settle(ctx context.Context, t *promoted.Table, s, d sums, start time.Time) (TableResult, error) {
+	res := TableResult{Table: t}
 	res.SourceRows, res.SourceHash = s.n, s.hash
 	res.TargetRows, res.TargetHash = d.n, d.hash
 	if s != d && len(t.PrimaryKey) > 0 {
-		st, err := c.drillTable(ctx, ts, s, d, &res)
+		st, err := c.drillTable(ctx, newTableSQL(t, nil), s, d, &res)
 		if err != nil {
 			return res, err
 		}

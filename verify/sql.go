@@ -23,7 +23,7 @@ type tableSQL struct {
 	keyRow   string   // ROW(keyList)
 	casts    []string // per key column: "::type", or "" to let the server infer it
 	rowText  string   // ROW(every stored column, by name)::text
-	rowHash  string   // the row's 64-bit hash as numeric
+	rowHash  string   // the row's 64-bit hash (bigint; its sum is exact)
 	// collated is set when key columns are compared in byte order, because
 	// the two sides' collations order them differently.
 	collated bool
@@ -60,12 +60,67 @@ func newTableSQL(t *promoted.Table, collate []bool) *tableSQL {
 	ts.keyList = strings.Join(exprs, ", ")
 	ts.keyRow = "ROW(" + ts.keyList + ")"
 	ts.rowText = "ROW(" + strings.Join(canonicalColumns(t), ", ") + ")::text"
-	// hashtextextended is PostgreSQL's 64-bit hash of text (the one hash
-	// partitioning relies on, so it is stable across platforms and
-	// upgrades): as wide as the first 64 bits of an md5 and about twice as
-	// cheap per row, which matters under the write fence.
-	ts.rowHash = "hashtextextended(" + ts.rowText + ", 0)::numeric"
+	ts.rowHash = rowHash(t)
 	return ts
+}
+
+// rowHash is the row's 64-bit hash: hash_record_extended of the row's
+// columns by name, each as its canonical value, mixed once more. PostgreSQL's extended hash
+// functions are the ones hash partitioning relies on, so they are stable
+// across platforms and upgrades, and as wide as the first 64 bits of an
+// md5. A hash follows its type's equality, which for some types is looser
+// than identity (numeric 1.0 = 1.00, float -0 = 0, jsonb, text under a
+// nondeterministic collation): only types whose equal values print the
+// same are hashed as they are, each cast to its type on both sides so the
+// two sides hash the same function; a numeric with its scale; text in
+// byte order (COLLATE "C"); every other column as its text, as the row
+// text shows it. Skipping the output function of every key, count and timestamp makes
+// a checksum about twice as cheap as hashing the row's whole text
+// (docs/hazards.md 10.2).
+func rowHash(t *promoted.Table) string {
+	cols := byName(t)
+	fields := make([]string, len(cols))
+	for i, c := range cols {
+		if name, ok := identical[c.TypeOID]; ok {
+			fields[i] = ident(c.Name) + "::" + name
+			continue
+		}
+		switch c.TypeOID {
+		case 25, 1043:
+			// text, varchar: compared byte for byte.
+			fields[i] = ident(c.Name) + `::text COLLATE "C"`
+		case 1700:
+			// numeric: its value and its display scale (1.0 = 1.00, but
+			// the two print differently) say all its text says, without
+			// printing it.
+			fields[i] = ident(c.Name) + "::numeric, scale(" + ident(c.Name) + ")"
+		default:
+			fields[i] = "(" + ident(c.Name) + `)::text COLLATE "C"`
+		}
+	}
+	// hash_record_extended combines its fields' hashes linearly (h*31 +
+	// field), and the checksum is a sum of rows: alone, two rows swapping
+	// a value would leave the sum as it was. Hashing the row's hash again
+	// mixes it.
+	return "hashint8extended(hash_record_extended(ROW(" + strings.Join(fields, ", ") + "), 0), 0)"
+}
+
+// identical names, by OID, the built-in types whose equal values are
+// identical, so their own hash functions are exact: cast to the bare type
+// (no typmod) so a side whose column is wider hashes its value unrounded.
+var identical = map[uint32]string{16: "bool", 17: "bytea", 20: "int8", 21: "int2", 23: "int4", 26: "oid",
+	1082: "date", 1114: "timestamp", 1184: "timestamptz", 2950: "uuid"}
+
+// byName is the columns of the canonical row, ordered by name.
+func byName(t *promoted.Table) []promoted.Column {
+	var cols []promoted.Column
+	for _, c := range t.Columns {
+		if !c.Generated {
+			cols = append(cols, c)
+		}
+	}
+	sort.Slice(cols, func(i, j int) bool { return cols[i].Name < cols[j].Name })
+	return cols
 }
 
 // canonicalColumns are the quoted columns of the canonical row text:
@@ -73,15 +128,10 @@ func newTableSQL(t *promoted.Table, collate []bool) *tableSQL {
 // from the source's; generated columns are left out because the target
 // computes them itself (docs/hazards.md 10.2).
 func canonicalColumns(t *promoted.Table) []string {
-	var names []string
-	for _, c := range t.Columns {
-		if !c.Generated {
-			names = append(names, c.Name)
-		}
-	}
-	sort.Strings(names)
-	for i, n := range names {
-		names[i] = ident(n)
+	cols := byName(t)
+	names := make([]string, len(cols))
+	for i, c := range cols {
+		names[i] = ident(c.Name)
 	}
 	return names
 }

@@ -87,6 +87,8 @@ func TestDetectsMutations(t *testing.T) {
 			different: []string{"(7,1500)"}},
 		{name: "a nested json value", sql: `UPDATE t7.items_moved SET doc = jsonb_set(doc, '{nested,1}', '"y"') WHERE tenant_id = 7 AND id = 1`,
 			different: []string{"(7,1)"}},
+		{name: "a json number gains trailing zeros (equal as jsonb, not as text)", sql: `UPDATE t7.items_moved SET doc = jsonb_set(doc, '{r}', to_jsonb((doc->>'r')::numeric(40,30))) WHERE tenant_id = 7 AND id = 3`,
+			different: []string{"(7,3)"}},
 		{name: "a byte flips", sql: "UPDATE t7.items_moved SET blob = set_byte(blob, 0, get_byte(blob, 0) # 1) WHERE tenant_id = 7 AND id = 2000",
 			different: []string{"(7,2000)"}},
 		{name: "a row is deleted", sql: "DELETE FROM t7.items_moved WHERE tenant_id = 7 AND id = 3000",
@@ -140,24 +142,31 @@ func TestOneSidedTablesAreTruncated(t *testing.T) {
 }
 
 // Compare refuses sessions that print values differently from
-// promoted.SessionParams, because a different TimeZone changes a
-// timestamptz row's text and so its hash: pinned sessions are equal.
+// promoted.SessionParams, because a different extra_float_digits changes a
+// float8's text and so its row's hash (and a different TimeZone a
+// timestamptz's text, which the drill-down's row listing compares): pinned
+// sessions are equal.
 func TestSessionSettingsArePinned(t *testing.T) {
 	it := newItems(t, 1000)
-	other := connect(t, it.dstDSN, map[string]string{"TimeZone": "America/New_York"})
+	other := connect(t, it.dstDSN, map[string]string{"extra_float_digits": "0"})
 	pinned, unpinned := checksum(t, it.dst, it.table, true), checksum(t, other, it.table, true)
 	if pinned.n != unpinned.n || pinned.hash == unpinned.hash {
-		t.Fatalf("TimeZone did not change the checksum: %v and %v", pinned, unpinned)
+		t.Fatalf("extra_float_digits did not change the checksum: %v and %v", pinned, unpinned)
 	}
 	var a, b string
-	row := `SELECT ROW(at)::text FROM t7.items_moved WHERE tenant_id = 7 AND id = 1`
+	row := `SELECT ROW(f)::text FROM t7.items_moved WHERE tenant_id = 7 AND id = 4`
 	it.dst.QueryRow(context.Background(), row).Scan(&a)
 	other.QueryRow(context.Background(), row).Scan(&b)
-	t.Logf("the same timestamptz prints %s under UTC and %s under America/New_York", a, b)
+	t.Logf("the same float8 prints %s with extra_float_digits 3 and %s with 0", a, b)
 
 	_, err := Compare(context.Background(), it.src, other, []*promoted.Table{it.table}, Options{})
-	if err == nil || !strings.Contains(err.Error(), "TimeZone") || !strings.Contains(err.Error(), "target") {
+	if err == nil || !strings.Contains(err.Error(), "extra_float_digits") || !strings.Contains(err.Error(), "target") {
 		t.Fatalf("an unpinned target session was not refused: %v", err)
+	}
+	tz := connect(t, it.dstDSN, map[string]string{"TimeZone": "America/New_York"})
+	_, err = Compare(context.Background(), it.src, tz, []*promoted.Table{it.table}, Options{})
+	if err == nil || !strings.Contains(err.Error(), "TimeZone") {
+		t.Fatalf("a target session in another time zone was not refused: %v", err)
 	}
 	if res := compare(t, it.src, it.dst, Options{}, it.table); !res.Equal() {
 		t.Fatalf("pinned sessions differ: %s", res.Summary())
