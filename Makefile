@@ -21,7 +21,7 @@ test:
 	$(GO) test -p 1 -count=1 -timeout 40m $(filter-out $(MODULE) $(addprefix $(MODULE)/,$(patsubst ./%,%,$(RACE_PKGS))),$(shell $(GO) list ./...))
 
 # Benchmarks against raw COPY and PostgreSQL's own subscriber, in one run:
-# `make bench` (default size, under 15 minutes on 2 cores) or
+# `make bench` (default size, about 30 minutes on 2 cores) or
 # `make bench SIZE=small` (about a minute). The table is printed and
 # written as JSON under bench/out/.
 SIZE ?= default
