@@ -119,28 +119,55 @@ func InstallFence(ctx context.Context, src *pgx.Conn, schema string, tables []*p
 // the truncate trigger of t exist, call fn with the table's primary-key
 // columns, and are enabled ALWAYS.
 func triggersInPlace(ctx context.Context, q state.Querier, t *promoted.Table, fn string) (bool, error) {
+	sql, args, want := triggerCount(t, fn, 0, 0)
+	var i, n int
+	err := q.QueryRow(ctx, sql, args...).Scan(&i, &n)
+	return n == want, err
+}
+
+// triggerCount is a query of one row (tag, how many of t's fence triggers
+// are in place and enabled ALWAYS), its parameters numbered after the
+// first `after`, and how many there must be.
+func triggerCount(t *promoted.Table, fn string, tag, after int) (string, []any, int) {
 	var args []byte
 	for _, k := range t.PrimaryKey {
 		args = append(append(args, t.Columns[k].Name...), 0)
 	}
 	names := append(TenantTriggers(t.TenantLiteral), TruncateTriggerName)
-	var n int
-	err := q.QueryRow(ctx, `SELECT count(*) FROM pg_trigger g
-	    WHERE g.tgrelid = $1::regclass AND g.tgname = ANY ($2) AND g.tgenabled = 'A'
-	      AND g.tgfoid = ('promoted.' || $3 || '()')::regprocedure AND g.tgargs = $4`,
-		pgx.Identifier{t.Schema, t.Name}.Sanitize(), names, fn, args).Scan(&n)
-	return n == len(names), err
+	return fmt.Sprintf(`SELECT %d, count(*)::int FROM pg_trigger g
+	    WHERE g.tgrelid = $%d::regclass AND g.tgname = ANY ($%d) AND g.tgenabled = 'A'
+	      AND g.tgfoid = ('promoted.' || $%d || '()')::regprocedure AND g.tgargs = $%d`, tag, after+1, after+2, after+3, after+4),
+		[]any{pgx.Identifier{t.Schema, t.Name}.Sanitize(), names, fn, args}, len(names)
 }
 
-// checkTriggers fails unless every table's fence triggers are in place.
+// checkTriggers fails unless every table's fence triggers are in place. It
+// runs under the fence, just before the flip, so it asks about every table
+// in one query: one round trip, not one per table.
 func checkTriggers(ctx context.Context, q state.Querier, tables []*promoted.Table) error {
-	for _, t := range tables {
+	if len(tables) == 0 {
+		return nil
+	}
+	var (
+		parts []string
+		args  []any
+		want  []int
+	)
+	for i, t := range tables {
 		fn, _ := state.TableFenceFunction(t)
-		ok, err := triggersInPlace(ctx, q, t, fn)
-		if err != nil {
-			return fmt.Errorf("check the fence triggers of %s: %w", t, err)
-		}
-		if !ok {
+		sql, a, n := triggerCount(t, fn, i, len(args))
+		parts, args, want = append(parts, sql), append(args, a...), append(want, n)
+	}
+	rows, err := q.Query(ctx, strings.Join(parts, " UNION ALL "), args...)
+	if err != nil {
+		return fmt.Errorf("check the fence triggers: %w", err)
+	}
+	got := make([]int, len(tables))
+	var i, n int
+	if _, err := pgx.ForEachRow(rows, []any{&i, &n}, func() error { got[i] = n; return nil }); err != nil {
+		return fmt.Errorf("check the fence triggers: %w", err)
+	}
+	for i, t := range tables {
+		if got[i] != want[i] {
 			return fmt.Errorf("the fence trigger %s on %s is missing or not enabled ALWAYS, so the fence would not hold: rerun promote, which reinstalls it", TriggerName, t)
 		}
 	}

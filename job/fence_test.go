@@ -127,6 +127,29 @@ func TestArmChecksTheTriggers(t *testing.T) {
 	checkCatalogAndSource(t, ctx, p, 2)
 }
 
+// TestFlipChecksTheTriggersAgain disables one fence trigger (another
+// table's than arming checks first) after the fence is armed and drained,
+// in one query with the others: the check just before the flip must find
+// it, refuse to flip, and leave the catalog unchanged and the tenant
+// unfenced.
+func TestFlipChecksTheTriggersAgain(t *testing.T) {
+	ctx := context.Background()
+	p := newPromotion(t, true)
+	p.job.Hooks.Cutover.AfterDrain = func() {
+		mustExec(t, ctx, p.srcDSN, `ALTER TABLE orders DISABLE TRIGGER `+cutover.TenantTriggers("1")[2])
+	}
+	err := p.job.Run(ctx)
+	if err == nil || !strings.Contains(err.Error(), "missing or not enabled") || !strings.Contains(err.Error(), "orders") {
+		t.Fatalf("promote with a trigger disabled under the fence: %v, want a refusal to flip naming orders", err)
+	}
+	if v := queryOne[int64](t, ctx, p.srcDSN, `SELECT version FROM promoted.tenant_catalog WHERE tenant_id = '1'`); v != 1 {
+		t.Errorf("catalog version %d after the refusal, want 1", v)
+	}
+	if n := queryOne[int64](t, ctx, p.srcDSN, `SELECT count(*) FROM promoted.fence WHERE armed`); n != 0 {
+		t.Errorf("%d fences armed after the refusal", n)
+	}
+}
+
 // TestFenceHoldsForApplicationRoles promotes tenant 1, then acts as the
 // application's role on the old location: a write to tenant 1 is
 // rejected with PM001 whatever the role sets, the bypass table is out of
