@@ -18,7 +18,8 @@ import (
 // its keys are built (one order changed, one customer gone): the copy's
 // check, the source totalled under the copy's snapshot, must find both,
 // name their keys, and stop the move before it streams, leaving nothing on
-// the source (no slot, no tracking) and the catalog unchanged.
+// the source (no slot, no tracking) and the catalog unchanged; the same
+// command run again copies the tenant anew and flips.
 func TestCopyCheckCatchesACorruptCopy(t *testing.T) {
 	ctx := context.Background()
 	p := newPromotion(t, true)
@@ -52,6 +53,16 @@ func TestCopyCheckCatchesACorruptCopy(t *testing.T) {
 	if n := queryOne[int64](t, ctx, p.srcDSN, `SELECT count(*) FROM pg_replication_slots WHERE slot_name LIKE 'promoted%'`); n != 0 {
 		t.Errorf("%d slots left on the source after the refusal", n)
 	}
+	// The same command again copies the tenant anew, over what the
+	// failed run left on the target, and flips.
+	again, err := New(p.job.cfg, testLogger(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := again.Run(ctx); err != nil {
+		t.Fatalf("rerun after the refusal: %v", err)
+	}
+	compareTenant(t, ctx, p.srcDSN, p.dstDSN, "public", p.dstSchema, "1", movedTables)
 }
 
 // TestCopyCheckCoversWritesDuringTheCopy updates a customer while the copy
@@ -144,5 +155,35 @@ func TestWholeRecheckWhenTooManyWritten(t *testing.T) {
 	small := &Job{preVerified: &verify.Result{Rows: 5_000}}
 	if small.wholeRecheck(9_000, apply.Touched{}) {
 		t.Error("a small tenant's 9,000 written rows are re-checked whole: the floor of ten thousand is missing")
+	}
+}
+
+// TestStoppedMoveRecordsNothing stops a promotion during its catch-up (a
+// --max-lag no stream meets) while the tenant writes: the keys recorded for
+// the copy's check must stop being recorded when the process stops, since
+// the next run cannot use them.
+func TestStoppedMoveRecordsNothing(t *testing.T) {
+	ctx := context.Background()
+	p := newPromotion(t, true)
+	p.job.cfg.Cutover.MaxLag = 1
+	stop := load(t, ctx, p.src.App, []int{1}, 1)
+	rctx, cancel := context.WithCancel(ctx)
+	done := make(chan error, 1)
+	go func() { done <- p.job.Run(rctx) }()
+	waitCatchup(t, p.job, done)
+	if n := queryOne[int64](t, ctx, p.srcDSN, `SELECT count(*) FROM promoted.fence WHERE NOT armed`); n != 1 {
+		t.Fatalf("%d tracking rows while the move runs, want 1", n)
+	}
+	stop() // no write in flight across the stop
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatalf("stop: %v", err)
+	}
+	if n := queryOne[int64](t, ctx, p.srcDSN, `SELECT count(*) FROM promoted.fence`); n != 0 {
+		t.Errorf("%d fence rows after the move stopped, want none", n)
+	}
+	mustExec(t, ctx, p.src.App, `UPDATE customers SET name = 'after the stop' WHERE tenant_id = 1`)
+	if n := queryOne[int64](t, ctx, p.srcDSN, `SELECT count(*) FROM promoted.changed`); n != 0 {
+		t.Errorf("%d keys recorded after the move stopped, want none", n)
 	}
 }

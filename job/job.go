@@ -298,6 +298,17 @@ func (j *Job) run(ctx context.Context) error {
 		if err != nil || done {
 			return err
 		}
+		// The keys recorded for this process's checks are of no use to the
+		// next one, which records afresh or verifies in full: while no
+		// promoted runs the move, the tenant's writes record nothing. An
+		// armed fence is never touched.
+		defer func() {
+			sctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			defer cancel()
+			if err := state.StopTracking(sctx, j.src, j.ID); err != nil {
+				j.log.Warn("stop tracking the tenant's writes (the next run does)", "err", err)
+			}
+		}()
 	}
 	if !fresh {
 		return j.followAfter(ctx, nil)
