@@ -59,20 +59,14 @@ func (j *Job) start(ctx context.Context, src, dst *pgx.Conn) error {
 		}
 	}
 	// The copy's check needs every row written after the snapshot
-	// recorded: the recording starts before the slot.
+	// recorded: the recording starts before the slot (and stops when run
+	// returns).
 	tracked := false
 	if j.wantCopyCheck() {
 		var err error
 		if tracked, err = j.track(ctx, src); err != nil {
 			return err
 		}
-		defer func() {
-			if !ok && tracked {
-				if err := state.StopTracking(context.Background(), src, j.ID); err != nil {
-					j.log.Error("stop tracking the tenant's writes after failure", "err", err)
-				}
-			}
-		}()
 	}
 	repl, slot, err := j.createSlot(ctx, src)
 	if err != nil {
