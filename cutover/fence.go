@@ -168,7 +168,7 @@ func checkTriggers(ctx context.Context, q state.Querier, tables []*promoted.Tabl
 	}
 	for i, t := range tables {
 		if got[i] != want[i] {
-			return fmt.Errorf("the fence trigger %s on %s is missing or not enabled ALWAYS, so the fence would not hold: rerun promote, which reinstalls it", TriggerName, t)
+			return fmt.Errorf("the fence triggers of tenant %s on %s are missing or not enabled ALWAYS, so the fence would not hold: rerun promote, which reinstalls them", t.TenantLiteral, t)
 		}
 	}
 	return nil

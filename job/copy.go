@@ -118,17 +118,14 @@ func (j *Job) start(ctx context.Context, src, dst *pgx.Conn) error {
 	// The source's side of the copy's check runs while the target builds
 	// its keys; the target's once they are built.
 	var totals *sourceTotals
-	tctx, cancelTotals := context.WithCancel(ctx)
-	defer cancelTotals()
 	if tracked {
-		totals = j.totalSource(tctx, slot.SnapshotName)
+		totals = j.totalSource(ctx, slot.SnapshotName)
 	}
 	err = j.buildKeys(ctx, dst)
-	if err == nil && totals != nil {
-		err = j.checkCopy(ctx, totals, dst)
-	}
 	if totals != nil {
-		cancelTotals()
+		if err == nil {
+			err = j.checkCopy(ctx, totals, dst)
+		}
 		totals.close()
 	}
 	if err != nil {

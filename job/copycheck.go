@@ -67,6 +67,7 @@ func (j *Job) track(ctx context.Context, src *pgx.Conn) (bool, error) {
 // key builds.
 type sourceTotals struct {
 	done   chan struct{}
+	cancel context.CancelFunc
 	totals *verify.Totals
 	err    error
 	conn   *pgx.Conn
@@ -77,7 +78,8 @@ type sourceTotals struct {
 // snapshot, which stays valid while the slot's replication session is
 // idle. The transaction stays open after the totals, for a drill-down.
 func (j *Job) totalSource(ctx context.Context, snapshotName string) *sourceTotals {
-	st := &sourceTotals{done: make(chan struct{})}
+	ctx, cancel := context.WithCancel(ctx)
+	st := &sourceTotals{done: make(chan struct{}), cancel: cancel}
 	go func() {
 		defer close(st.done)
 		st.conn, st.err = db.Open(ctx, db.Source, j.cfg.SourceDSN, "promoted-verify")
@@ -93,8 +95,10 @@ func (j *Job) totalSource(ctx context.Context, snapshotName string) *sourceTotal
 	return st
 }
 
-// close ends the source's transaction and session once the check is over.
+// close ends the source's side, whether the check is over or was given up
+// (its totals are then cancelled), and its transaction and session.
 func (st *sourceTotals) close() {
+	st.cancel()
 	<-st.done
 	if st.tx != nil {
 		st.tx.Rollback(context.Background())

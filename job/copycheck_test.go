@@ -15,7 +15,7 @@ import (
 )
 
 // TestCopyCheckCatchesACorruptCopy damages the target after the copy, while
-// its keys are built (one order changed, one customer gone): the copy's
+// its keys are built (one order changed, one event gone): the copy's
 // check, the source totalled under the copy's snapshot, must find both,
 // name their keys, and stop the move before it streams, leaving nothing on
 // the source (no slot, no tracking) and the catalog unchanged; the same
@@ -25,18 +25,19 @@ func TestCopyCheckCatchesACorruptCopy(t *testing.T) {
 	p := newPromotion(t, true)
 	var streamed atomic.Bool
 	p.job.Hooks.Streaming = func() { streamed.Store(true) }
+	// The application, reaching the target before the flip, damages it.
 	p.job.Hooks.AfterKeys = func() {
-		mustExec(t, ctx, p.dstDSN, `UPDATE orders SET note = 'damaged' WHERE tenant_id = 1 AND id = (SELECT min(id) FROM orders WHERE tenant_id = 1)`)
-		mustExec(t, ctx, p.dstDSN, `SET session_replication_role = replica; DELETE FROM customers WHERE tenant_id = 1 AND id = (SELECT max(id) FROM customers WHERE tenant_id = 1)`)
+		mustExec(t, ctx, p.dst.App, `UPDATE orders SET note = 'damaged' WHERE tenant_id = 1 AND id = (SELECT min(id) FROM orders WHERE tenant_id = 1)`)
+		mustExec(t, ctx, p.dst.App, `DELETE FROM events WHERE tenant_id = 1 AND id = (SELECT max(id) FROM events WHERE tenant_id = 1)`)
 	}
-	order := queryOne[int64](t, ctx, p.srcDSN, `SELECT min(id) FROM orders WHERE tenant_id = 1`)
-	customer := queryOne[int64](t, ctx, p.srcDSN, `SELECT max(id) FROM customers WHERE tenant_id = 1`)
+	order := queryOne[int64](t, ctx, p.src.Mover, `SELECT min(id) FROM orders WHERE tenant_id = 1`)
+	event := queryOne[int64](t, ctx, p.src.Mover, `SELECT max(id) FROM events WHERE tenant_id = 1`)
 	err := p.job.Run(ctx)
 	if err == nil || !strings.Contains(err.Error(), "the copy differs from the source at its snapshot") {
 		t.Fatalf("promote of a damaged copy: %v, want the copy's check to stop it", err)
 	}
 	t.Logf("refusal: %v", err)
-	for _, want := range []string{fmt.Sprintf("(1,%d)", order), fmt.Sprintf("(1,%d)", customer), "different", "missing from the target"} {
+	for _, want := range []string{fmt.Sprintf("(1,%d)", order), fmt.Sprintf("(%d)", event), "different", "missing from the target"} {
 		if !strings.Contains(err.Error(), want) {
 			t.Errorf("the refusal does not name %q", want)
 		}
@@ -44,13 +45,13 @@ func TestCopyCheckCatchesACorruptCopy(t *testing.T) {
 	if streamed.Load() {
 		t.Error("the move streamed although its copy differed")
 	}
-	if v := queryOne[int64](t, ctx, p.srcDSN, `SELECT version FROM promoted.tenant_catalog WHERE tenant_id = '1'`); v != 1 {
+	if v := queryOne[int64](t, ctx, p.src.Mover, `SELECT version FROM promoted.tenant_catalog WHERE tenant_id = '1'`); v != 1 {
 		t.Errorf("catalog version %d after the refusal, want 1", v)
 	}
-	if n := queryOne[int64](t, ctx, p.srcDSN, `SELECT count(*) FROM promoted.fence`); n != 0 {
+	if n := queryOne[int64](t, ctx, p.src.Mover, `SELECT count(*) FROM promoted.fence`); n != 0 {
 		t.Errorf("%d fence rows (tracking) left after the refusal", n)
 	}
-	if n := queryOne[int64](t, ctx, p.srcDSN, `SELECT count(*) FROM pg_replication_slots WHERE slot_name LIKE 'promoted%'`); n != 0 {
+	if n := queryOne[int64](t, ctx, p.src.Mover, `SELECT count(*) FROM pg_replication_slots WHERE slot_name LIKE 'promoted%'`); n != 0 {
 		t.Errorf("%d slots left on the source after the refusal", n)
 	}
 	// The same command again copies the tenant anew, over what the
@@ -62,7 +63,7 @@ func TestCopyCheckCatchesACorruptCopy(t *testing.T) {
 	if err := again.Run(ctx); err != nil {
 		t.Fatalf("rerun after the refusal: %v", err)
 	}
-	compareTenant(t, ctx, p.srcDSN, p.dstDSN, "public", p.dstSchema, "1", movedTables)
+	compareTenant(t, ctx, p.src.Mover, p.dst.Mover, "public", p.dstSchema, "1", movedTables)
 }
 
 // TestCopyCheckCoversWritesDuringTheCopy updates a customer while the copy
@@ -129,7 +130,7 @@ func TestCopyCheckThenLoadMatchesRowByRow(t *testing.T) {
 	if len(sum.Rounds) == 0 {
 		t.Error("no re-check before the fence of the rows written during the copy")
 	}
-	compareTenant(t, ctx, p.srcDSN, p.dstDSN, "public", p.dstSchema, "1", movedTables)
+	compareTenant(t, ctx, p.src.Mover, p.dst.Mover, "public", p.dstSchema, "1", movedTables)
 }
 
 // A re-check compares everything when the rows written and applied since
@@ -171,7 +172,7 @@ func TestStoppedMoveRecordsNothing(t *testing.T) {
 	done := make(chan error, 1)
 	go func() { done <- p.job.Run(rctx) }()
 	waitCatchup(t, p.job, done)
-	if n := queryOne[int64](t, ctx, p.srcDSN, `SELECT count(*) FROM promoted.fence WHERE NOT armed`); n != 1 {
+	if n := queryOne[int64](t, ctx, p.src.Mover, `SELECT count(*) FROM promoted.fence WHERE NOT armed`); n != 1 {
 		t.Fatalf("%d tracking rows while the move runs, want 1", n)
 	}
 	stop() // no write in flight across the stop
@@ -179,11 +180,11 @@ func TestStoppedMoveRecordsNothing(t *testing.T) {
 	if err := <-done; err != nil {
 		t.Fatalf("stop: %v", err)
 	}
-	if n := queryOne[int64](t, ctx, p.srcDSN, `SELECT count(*) FROM promoted.fence`); n != 0 {
+	if n := queryOne[int64](t, ctx, p.src.Mover, `SELECT count(*) FROM promoted.fence`); n != 0 {
 		t.Errorf("%d fence rows after the move stopped, want none", n)
 	}
 	mustExec(t, ctx, p.src.App, `UPDATE customers SET name = 'after the stop' WHERE tenant_id = 1`)
-	if n := queryOne[int64](t, ctx, p.srcDSN, `SELECT count(*) FROM promoted.changed`); n != 0 {
+	if n := queryOne[int64](t, ctx, p.src.Mover, `SELECT count(*) FROM promoted.changed`); n != 0 {
 		t.Errorf("%d keys recorded after the move stopped, want none", n)
 	}
 }

@@ -9,10 +9,12 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/promoted/promoted"
 	"github.com/promoted/promoted/cutover"
+	"github.com/promoted/promoted/testenv"
 )
 
 // runUntilCutover starts the promotion and holds it just before its
@@ -102,7 +104,7 @@ func TestArmChecksTheTriggers(t *testing.T) {
 	ctx := context.Background()
 	p := newPromotion(t, true)
 	p.job.Hooks.Cutover.BeforeArm = func() {
-		mustExec(t, ctx, p.srcDSN, `DROP TRIGGER `+cutover.TenantTriggers("1")[1]+` ON events`)
+		mustExec(t, ctx, p.src.Owner, `DROP TRIGGER `+cutover.TenantTriggers("1")[1]+` ON events`)
 	}
 	err := p.job.Run(ctx)
 	if err == nil || !strings.Contains(err.Error(), "missing or not enabled") || !strings.Contains(err.Error(), "rerun promote") {
@@ -136,16 +138,16 @@ func TestFlipChecksTheTriggersAgain(t *testing.T) {
 	ctx := context.Background()
 	p := newPromotion(t, true)
 	p.job.Hooks.Cutover.AfterDrain = func() {
-		mustExec(t, ctx, p.srcDSN, `ALTER TABLE orders DISABLE TRIGGER `+cutover.TenantTriggers("1")[2])
+		mustExec(t, ctx, p.src.Owner, `ALTER TABLE orders DISABLE TRIGGER `+cutover.TenantTriggers("1")[2])
 	}
 	err := p.job.Run(ctx)
 	if err == nil || !strings.Contains(err.Error(), "missing or not enabled") || !strings.Contains(err.Error(), "orders") {
 		t.Fatalf("promote with a trigger disabled under the fence: %v, want a refusal to flip naming orders", err)
 	}
-	if v := queryOne[int64](t, ctx, p.srcDSN, `SELECT version FROM promoted.tenant_catalog WHERE tenant_id = '1'`); v != 1 {
+	if v := queryOne[int64](t, ctx, p.src.Mover, `SELECT version FROM promoted.tenant_catalog WHERE tenant_id = '1'`); v != 1 {
 		t.Errorf("catalog version %d after the refusal, want 1", v)
 	}
-	if n := queryOne[int64](t, ctx, p.srcDSN, `SELECT count(*) FROM promoted.fence WHERE armed`); n != 0 {
+	if n := queryOne[int64](t, ctx, p.src.Mover, `SELECT count(*) FROM promoted.fence WHERE armed`); n != 0 {
 		t.Errorf("%d fences armed after the refusal", n)
 	}
 }
@@ -373,17 +375,18 @@ func TestOtherTenantsNeverCallTheFence(t *testing.T) {
 	ctx := context.Background()
 	p := newPromotion(t, true)
 	release, wait := runUntilCutover(t, p)
+	// track_functions is the superuser's to set: the DBA sets it for the
+	// application's sessions in this database, which then write as usual.
+	mustExec(t, ctx, p.srcDSN, fmt.Sprintf(`ALTER ROLE %s IN DATABASE %s SET track_functions = 'pl'`,
+		pgx.Identifier{testenv.App}.Sanitize(), pgx.Identifier{p.src.Name}.Sanitize()))
 	calls := func(tenant int) int64 {
-		c := connectPinned(t, ctx, p.srcDSN)
+		c := connectPinned(t, ctx, p.src.App)
 		defer c.Close(ctx)
 		tx, err := c.Begin(ctx)
 		if err != nil {
 			t.Fatal(err)
 		}
 		defer tx.Rollback(ctx)
-		if _, err := tx.Exec(ctx, `SET LOCAL track_functions = 'pl'`); err != nil {
-			t.Fatal(err)
-		}
 		for _, q := range []string{
 			`INSERT INTO events (tenant_id, kind) VALUES ($1, 'probe')`,
 			`UPDATE events SET payload = 'probed' WHERE id = (SELECT max(id) FROM events WHERE tenant_id = $1)`,

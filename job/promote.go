@@ -258,13 +258,12 @@ func (j *Job) preVerify(ctx context.Context, src *pgx.Conn, sink *apply.Postgres
 	if j.copyChecked {
 		j.log.Info("the copy was verified at its snapshot and every row written since is recorded: only those rows are compared again", "stage", "cutover")
 	} else {
+		var err error
 		if tracking {
-			var err error
 			if tracking, err = j.track(ctx, src); err != nil {
 				return nil, err
 			}
 		}
-		var err error
 		if pre, err = j.verifyTurn(ctx, true); err != nil {
 			return nil, err
 		}

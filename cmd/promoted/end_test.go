@@ -105,6 +105,9 @@ func TestConcurrentVerify(t *testing.T) {
 		return phase == "catchup" && queryOne[bool](t, ctx, s.Admin, `SELECT EXISTS (SELECT 1 FROM pg_replication_slots WHERE slot_name = $1 AND active)`, names.Slot)
 	})
 	stopLoad := startLoad(t, ctx, s.App, []int{1, 2}, 2)
+	// The writers are well under way before the verifications, which now
+	// take about a second: the load must not rest on their length alone.
+	time.Sleep(time.Second)
 	var wg sync.WaitGroup
 	codes := make([]int, 3)
 	bodies := make([]string, 3)

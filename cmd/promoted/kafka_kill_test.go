@@ -31,10 +31,10 @@ func kafkaSetup(t *testing.T) (srcDSN, jobID string, k *testenv.Kafka, args []st
 		t.Fatal(err)
 	}
 	t.Cleanup(k.Close)
-	jobID = job.KafkaID(dbName(t, s.Admin), "public", "1")
+	jobID = job.KafkaID(dbName(t, s.Mover), "public", "1")
 	stopLoad = startLoad(t, ctx, s.App, []int{1, 2, 3}, 2)
 	args = []string{"replicate", "--source", s.Mover, "--sink", "kafka://" + k.Addr() + "/pm", "--tenant", "1"}
-	return s.Admin, jobID, k, args, stopLoad
+	return s.Mover, jobID, k, args, stopLoad
 }
 
 // replicaPhase is the phase recorded in promoted.jobs for the move.

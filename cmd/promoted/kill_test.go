@@ -17,12 +17,14 @@ import (
 // writers.
 //
 // promoted runs as the mover and the writers as the application's role;
-// srcDSN and dstDSN are the superuser's, for the test's checks.
+// srcDSN and dstDSN are the mover's too: the test's checks read only what
+// the mover may read, and `status` and `cancel` run as it, as in
+// production.
 func killSetup(t *testing.T) (srcDSN, dstDSN, jobID string, args []string, stopLoad func()) {
 	t.Helper()
 	ctx := context.Background()
 	s, d := src.NewSaaS(t, 200, 5), dst.NewTenantDB(t)
-	srcDSN, dstDSN = s.Admin, d.Admin
+	srcDSN, dstDSN = s.Mover, d.Mover
 	jobID, _ = jobNames(t, srcDSN, "public", "1")
 	stopLoad = startLoad(t, ctx, s.App, []int{1, 2, 3}, 2)
 	args = []string{"replicate", "--source", s.Mover, "--sink", d.Mover, "--tenant", "1",
@@ -94,7 +96,8 @@ func TestKillDuringCatchup(t *testing.T) {
 	waitPhase(t, d, ctx, dstDSN, jobID, "catchup")
 	// The apply runs with session_replication_role = replica, so only an
 	// ALWAYS trigger fires for it.
-	// Target triggers run with the apply's role, the mover.
+	// Target triggers run with the apply's role, the mover, which also
+	// owns the tables it created there and so adds the trigger.
 	mustExec(t, ctx, dstDSN, `CREATE TABLE public.audit (id bigint NOT NULL); GRANT INSERT ON public.audit TO `+testenv.Mover+`;
 	    CREATE FUNCTION public.audit_order() RETURNS trigger LANGUAGE plpgsql AS
 	      $$BEGIN INSERT INTO public.audit VALUES (NEW.id); RETURN NULL; END$$;

@@ -122,18 +122,18 @@ func TestCancelThenPromote(t *testing.T) {
 	ctx := context.Background()
 	s := src.NewSaaS(t, 40, 2)
 	d := dst.NewTenantDB(t)
-	jobID, _ := jobNames(t, s.Admin, "public", "1")
+	jobID, _ := jobNames(t, s.Mover, "public", "1")
 	dm := startDaemon(t, nil, "replicate", "--source", s.Mover, "--sink", d.Mover, "--tenant", "1")
-	waitPhase(t, dm, ctx, d.Admin, jobID, "catchup")
+	waitPhase(t, dm, ctx, d.Mover, jobID, "catchup")
 	dm.terminate(t)
 	if code, _, stderr := runCLI(t, "cancel", "--source", s.Mover, "--tenant", "1"); code != 0 {
 		t.Fatalf("cancel exited %d: %s", code, stderr)
 	}
-	mustExec(t, ctx, s.Admin, `UPDATE customers SET name = 'after cancel' WHERE tenant_id = 1`)
+	mustExec(t, ctx, s.App, `UPDATE customers SET name = 'after cancel' WHERE tenant_id = 1`)
 	if code, _, stderr := runCLI(t, "promote", "--source", s.Mover, "--target", d.Mover, "--tenant", "1"); code != 0 {
 		t.Fatalf("promote after cancel exited %d: %s", code, stderr)
 	}
-	compareTenant(t, ctx, s.Admin, d.Admin, "public", "public", "tenant_id", "1", testenv.MovedTables)
+	compareTenant(t, ctx, s.Mover, d.Mover, "public", "public", "tenant_id", "1", testenv.MovedTables)
 }
 
 // TestOneTenantManySpellings replicates tenant 042, stops, and runs the
@@ -145,16 +145,16 @@ func TestOneTenantManySpellings(t *testing.T) {
 	mustExec(t, ctx, s.Admin, `INSERT INTO tenants VALUES (42, 'forty-two');
 		INSERT INTO customers (tenant_id, email) SELECT 42, 'c' || g FROM generate_series(1, 30) g`)
 	d := dst.NewTenantDB(t)
-	jobID, names := jobNames(t, s.Admin, "public", "42")
+	jobID, names := jobNames(t, s.Mover, "public", "42")
 	for _, spelling := range []string{"042", "42"} {
 		dm := startDaemon(t, nil, "replicate", "--source", s.Mover, "--sink", d.Mover, "--tenant", spelling, "--tables", "customers")
 		waitFor(t, dm, 60*time.Second, "tenant "+spelling+" to stream from slot "+names.Slot, func() bool {
-			return queryOne[bool](t, ctx, s.Admin, `SELECT EXISTS (SELECT 1 FROM pg_replication_slots WHERE slot_name = $1 AND active)`, names.Slot)
+			return queryOne[bool](t, ctx, s.Mover, `SELECT EXISTS (SELECT 1 FROM pg_replication_slots WHERE slot_name = $1 AND active)`, names.Slot)
 		})
-		mustExec(t, ctx, s.Admin, `INSERT INTO customers (tenant_id, email) VALUES (42, $1)`, "by-"+spelling)
-		waitCaughtUp(t, dm, ctx, s.Admin, d.Admin, jobID)
+		mustExec(t, ctx, s.App, `INSERT INTO customers (tenant_id, email) VALUES (42, $1)`, "by-"+spelling)
+		waitCaughtUp(t, dm, ctx, s.Mover, d.Mover, jobID)
 		dm.terminate(t)
 	}
-	compareTenant(t, ctx, s.Admin, d.Admin, "public", "public", "tenant_id", "42", []string{"customers"})
-	cancelJob(t, ctx, s.Admin, "public", "0042")
+	compareTenant(t, ctx, s.Mover, d.Mover, "public", "public", "tenant_id", "42", []string{"customers"})
+	cancelJob(t, ctx, s.Mover, "public", "0042")
 }
