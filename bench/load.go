@@ -75,24 +75,42 @@ func (e *env) pgbench(ctx context.Context, logDir string, args ...string) (pgben
 		}
 	}
 	if logDir != "" {
-		files, _ := filepath.Glob(filepath.Join(logDir, "pgbench_log*"))
-		for _, f := range files {
-			b, err := os.ReadFile(f)
-			if err != nil {
-				continue
-			}
-			for _, line := range strings.Split(string(b), "\n") {
-				fields := strings.Fields(line)
-				if len(fields) >= 3 {
-					if us, err := strconv.ParseFloat(fields[2], 64); err == nil {
-						r.latencies = append(r.latencies, us/1000)
-					}
-				}
-			}
-			os.Remove(f)
+		for _, x := range readTxLog(logDir) {
+			r.latencies = append(r.latencies, x.ms)
 		}
 	}
 	return r, nil
+}
+
+// tx is one pgbench transaction from its --log: when it ended (Unix
+// seconds) and how long it took.
+type tx struct{ end, ms float64 }
+
+// readTxLog reads and removes pgbench's per-transaction logs in dir
+// (client, transaction, microseconds, script, epoch seconds, microseconds).
+func readTxLog(dir string) []tx {
+	var txs []tx
+	files, _ := filepath.Glob(filepath.Join(dir, "pgbench_log*"))
+	for _, f := range files {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			continue
+		}
+		for _, line := range strings.Split(string(b), "\n") {
+			fields := strings.Fields(line)
+			if len(fields) < 6 {
+				continue
+			}
+			us, err1 := strconv.ParseFloat(fields[2], 64)
+			sec, err2 := strconv.ParseFloat(fields[4], 64)
+			usec, err3 := strconv.ParseFloat(fields[5], 64)
+			if err1 == nil && err2 == nil && err3 == nil {
+				txs = append(txs, tx{end: sec + usec/1e6, ms: us / 1000})
+			}
+		}
+		os.Remove(f)
+	}
+	return txs
 }
 
 func percentile(xs []float64, p float64) float64 {

@@ -214,13 +214,22 @@ func run(ctx context.Context, sizeName, bin string, log *os.File) (*Report, erro
 		if err != nil {
 			return r, err
 		}
+		say("   alone: %s", ctl)
+		say("   during promoted's move: %s", pn)
+		say("   during a gentle move: %s", gn)
+		say("   during a native move: %s", nn)
 		r.add("other tenants' throughput", "tps", pn.tps, ctl.tps, "no move (control)", 0.8, false)
 		r.add("other tenants' throughput", "tps", pn.tps, nn.tps, "during a native move", 1.0, false)
+		r.add("other tenants' transactions lost per move", "tx", pn.lost, nn.lost, "native move", 1.0, true)
 		r.info("other tenants' throughput, gentle move", "tps", gn.tps, ctl.tps, "no move (control)")
 		r.info("other tenants' throughput, native move", "tps", nn.tps, ctl.tps, "no move (control)")
 		r.info("other tenants' p99 latency", "ms", pn.p99, ctl.p99, "no move (control)")
 		r.info("other tenants' p99 latency, gentle move", "ms", gn.p99, ctl.p99, "no move (control)")
 		r.info("other tenants' p99 latency, native move", "ms", nn.p99, ctl.p99, "no move (control)")
+		r.info("move until caught up, under the other tenants' load", "s", pn.secs, nn.secs, "native move")
+		r.info("other tenants' transactions lost, gentle move", "tx", gn.lost, nn.lost, "native move")
+		r.info("source core on the move's sessions", "%", 100*pn.cpu.move/pn.secs, 100*nn.cpu.move/nn.secs, "native move")
+		r.info("source core on the other tenants' sessions", "%", 100*pn.cpu.neighbours/pn.secs, 100*ctl.cpu.neighbours/ctl.secs, "no move (control)")
 	}
 	if want("memory") {
 		say("7. memory")
