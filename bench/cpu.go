@@ -25,6 +25,8 @@ type cpuSplit struct {
 	// walsender is the part of move spent in walsenders: decoding, for
 	// promoted; decoding and the initial copy, for a native subscription.
 	walsender float64
+	// promoted is promoted's own process, sampled with the target.
+	promoted float64
 }
 
 func (s cpuSplit) String() string {
@@ -32,11 +34,12 @@ func (s cpuSplit) String() string {
 		s.neighbours, s.client, s.move, s.walsender, s.background, s.idle)
 }
 
-// cpuSampler reads /proc every 100 ms for the source postmaster's
+// cpuSampler reads /proc every 250 ms for the source postmaster's
 // children and pgbench, keeping each process's CPU since the window
-// began (a process that exits loses at most its last 100 ms).
+// began (a process that exits loses at most its last 250 ms).
 type cpuSampler struct {
 	postmaster int
+	cpus       string
 	tick       float64
 	stop, done chan struct{}
 
@@ -51,7 +54,11 @@ type procCPU struct {
 }
 
 // sampleSourceCPU starts sampling the source cluster in dataDir.
-func sampleSourceCPU(dataDir string) (*cpuSampler, error) {
+func sampleSourceCPU(dataDir string) (*cpuSampler, error) { return sampleCPU(dataDir, sourceCPUs) }
+
+// sampleCPU starts sampling the cluster in dataDir, pinned to cpus, and
+// every pgbench and promoted process.
+func sampleCPU(dataDir, cpus string) (*cpuSampler, error) {
 	b, err := os.ReadFile(filepath.Join(dataDir, "postmaster.pid"))
 	if err != nil {
 		return nil, err
@@ -60,8 +67,8 @@ func sampleSourceCPU(dataDir string) (*cpuSampler, error) {
 	if err != nil {
 		return nil, fmt.Errorf("postmaster.pid: %w", err)
 	}
-	s := &cpuSampler{postmaster: pid, tick: 100, stop: make(chan struct{}), done: make(chan struct{}), procs: map[int]*procCPU{}}
-	s.idle0 = coreIdle(sourceCPUs)
+	s := &cpuSampler{postmaster: pid, cpus: cpus, tick: 100, stop: make(chan struct{}), done: make(chan struct{}), procs: map[int]*procCPU{}}
+	s.idle0 = coreIdle(cpus)
 	s.sample(true)
 	go func() {
 		defer close(s.done)
@@ -70,7 +77,7 @@ func sampleSourceCPU(dataDir string) (*cpuSampler, error) {
 			case <-s.stop:
 				s.sample(false)
 				return
-			case <-time.After(100 * time.Millisecond):
+			case <-time.After(250 * time.Millisecond):
 				s.sample(false)
 			}
 		}
@@ -83,8 +90,8 @@ func (s *cpuSampler) finish() cpuSplit {
 	close(s.stop)
 	<-s.done
 	var c cpuSplit
-	if sourceCPUs != "" {
-		c.idle = coreIdle(sourceCPUs) - s.idle0
+	if s.cpus != "" {
+		c.idle = coreIdle(s.cpus) - s.idle0
 	}
 	for _, p := range s.procs {
 		d := p.last - p.first
@@ -98,6 +105,8 @@ func (s *cpuSampler) finish() cpuSplit {
 		case "walsender":
 			c.move += d
 			c.walsender += d
+		case "promoted":
+			c.promoted += d
 		default:
 			c.background += d
 		}
@@ -128,14 +137,16 @@ func (s *cpuSampler) sample(first bool) {
 			continue
 		}
 		ppid, _ := strconv.Atoi(f[1])
-		if ppid != s.postmaster && pid != s.postmaster && comm != "pgbench" {
+		if ppid != s.postmaster && pid != s.postmaster && comm != "pgbench" && comm != "promoted" {
 			continue
 		}
 		ut, _ := strconv.ParseFloat(f[11], 64)
 		st, _ := strconv.ParseFloat(f[12], 64)
 		secs := (ut + st) / s.tick
 		class, title := "client", ""
-		if comm != "pgbench" {
+		if comm == "promoted" {
+			class = "promoted"
+		} else if comm != "pgbench" {
 			b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
 			title = string(bytes.TrimRight(b, "\x00"))
 			class = classify(title)
@@ -150,7 +161,7 @@ func (s *cpuSampler) sample(first bool) {
 			s.procs[pid] = p
 		}
 		// An exiting process's title reads empty: it keeps its class.
-		if title != "" || class == "client" {
+		if title != "" || class == "client" || class == "promoted" {
 			p.class = class
 		}
 		p.last = secs
@@ -167,7 +178,9 @@ func classify(title string) string {
 		return "background"
 	case f[0] == "walsender":
 		return "walsender"
-	case f[0] == testenv.Mover:
+	case f[0] == testenv.Mover, f[0] == "logical":
+		// The mover's sessions; on a target, a native subscription's
+		// apply and table sync workers.
 		return "move"
 	case f[0] == testenv.App:
 		return "neighbours"

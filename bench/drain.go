@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"fmt"
+	"path/filepath"
 	"strings"
 	"time"
 
@@ -51,24 +52,11 @@ func (e *env) newNativeInto(ctx context.Context, copyData bool, ddl string) (*na
 
 // synced waits until the initial copy of every table is done.
 func (n *native) synced(ctx context.Context, timeout time.Duration) error {
-	deadline := time.Now().Add(timeout)
-	for time.Now().Before(deadline) {
+	return poll(ctx, n.dstDSN, timeout, func(conn *pgx.Conn) (bool, error) {
 		var pending int64
-		conn, err := connect(ctx, n.dstDSN)
-		if err != nil {
-			return err
-		}
-		err = conn.QueryRow(ctx, "SELECT count(*) FROM pg_subscription_rel WHERE srsubstate <> 'r'").Scan(&pending)
-		conn.Close(ctx)
-		if err != nil {
-			return err
-		}
-		if pending == 0 {
-			return nil
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-	return fmt.Errorf("native subscription %s did not finish its initial copy within %s", n.name, timeout)
+		err := conn.QueryRow(ctx, "SELECT count(*) FROM pg_subscription_rel WHERE srsubstate <> 'r'").Scan(&pending)
+		return err == nil && pending == 0, err
+	}, fmt.Sprintf("native subscription %s did not finish its initial copy within %s", n.name, timeout))
 }
 
 func (n *native) enable(ctx context.Context, on bool) error {
@@ -96,6 +84,27 @@ type drainRun struct {
 	changes int64
 	walMB   float64
 	secs    float64
+	// src and dst are where each cluster's CPU went during the drain.
+	src, dst cpuSplit
+}
+
+// String is the run in one line for the bench's log.
+func (d drainRun) String() string {
+	return fmt.Sprintf("%d changes in %.2f s; source: %s; target: %s, promoted %.1f s", d.changes, d.secs, d.src, d.dst, d.dst.promoted)
+}
+
+// sampleBoth samples both clusters' CPU; the returned function ends both.
+func (e *env) sampleBoth() (func() (cpuSplit, cpuSplit), error) {
+	src, err := sampleCPU(filepath.Join(e.src.Dir, "data"), sourceCPUs)
+	if err != nil {
+		return nil, err
+	}
+	dst, err := sampleCPU(filepath.Join(e.dst.Dir, "data"), targetCPUs)
+	if err != nil {
+		src.finish()
+		return nil, err
+	}
+	return func() (cpuSplit, cpuSplit) { return src.finish(), dst.finish() }, nil
 }
 
 // backlog produces the drain backlog on the source: pgbench transactions
@@ -153,19 +162,25 @@ func (e *env) drain(ctx context.Context, tenantScript, othersScript string) (pro
 		if err != nil {
 			return nil, nil, 0, err
 		}
+		cpu, err := e.sampleBoth()
+		if err != nil {
+			return nil, nil, 0, err
+		}
 		start := time.Now()
 		d, err := startDaemon(ctx, e.bin, args...)
 		if err != nil {
+			cpu()
 			return nil, nil, 0, err
 		}
 		err = waitRow(ctx, dstDSN, marker, 30*time.Minute)
 		secs := time.Since(start).Seconds()
+		src, dst := cpu()
 		rss = max(rss, d.peakRSS("catchup"))
 		d.stop()
 		if err != nil {
 			return nil, nil, 0, err
 		}
-		prom = append(prom, drainRun{changes: changes, walMB: wal, secs: secs})
+		prom = append(prom, drainRun{changes: changes, walMB: wal, secs: secs, src: src, dst: dst})
 	}
 	// native: synced, disabled, backlog, enabled.
 	n, err := e.newNative(ctx, true)
@@ -185,14 +200,22 @@ func (e *env) drain(ctx context.Context, tenantScript, othersScript string) (pro
 		if err != nil {
 			return nil, nil, 0, err
 		}
+		cpu, err := e.sampleBoth()
+		if err != nil {
+			return nil, nil, 0, err
+		}
 		start := time.Now()
 		if err := n.enable(ctx, true); err != nil {
+			cpu()
 			return nil, nil, 0, err
 		}
-		if err := waitRow(ctx, n.dstDSN, marker, 30*time.Minute); err != nil {
+		err = waitRow(ctx, n.dstDSN, marker, 30*time.Minute)
+		secs := time.Since(start).Seconds()
+		src, dst := cpu()
+		if err != nil {
 			return nil, nil, 0, err
 		}
-		nat = append(nat, drainRun{changes: changes, walMB: wal, secs: time.Since(start).Seconds()})
+		nat = append(nat, drainRun{changes: changes, walMB: wal, secs: secs, src: src, dst: dst})
 	}
 	return prom, nat, rss, nil
 }

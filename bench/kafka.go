@@ -175,19 +175,14 @@ func kcatPath() (string, error) {
 // waitSlot waits until the slot whose name starts with prefix has
 // confirmed lsn: the replica acknowledges only what the broker acknowledged.
 func (e *env) waitSlot(ctx context.Context, prefix string, lsn promoted.LSN, timeout time.Duration) error {
-	deadline := time.Now().Add(timeout)
-	for time.Now().Before(deadline) {
-		l, err := queryLSN(ctx, e.srcDSN, "SELECT max(confirmed_flush_lsn)::text FROM pg_replication_slots WHERE slot_name LIKE '"+prefix+"%'")
-		if err == nil && l >= lsn {
-			return nil
+	return poll(ctx, e.srcDSN, timeout, func(conn *pgx.Conn) (bool, error) {
+		var s *string
+		if err := conn.QueryRow(ctx, "SELECT max(confirmed_flush_lsn)::text FROM pg_replication_slots WHERE slot_name LIKE $1", prefix+"%").Scan(&s); err != nil || s == nil {
+			return false, err
 		}
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-time.After(20 * time.Millisecond):
-		}
-	}
-	return fmt.Errorf("the replica did not deliver up to %s within %s", lsn, timeout)
+		l, err := promoted.ParseLSN(*s)
+		return err == nil && l >= lsn, err
+	}, fmt.Sprintf("the replica did not deliver up to %s within %s", lsn, timeout))
 }
 
 // endOffsets is each partition's end offset, by "topic/partition".

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"os/exec"
@@ -10,6 +11,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/jackc/pgx/v5"
 )
 
 func execCommand(bin string, args ...string) *exec.Cmd {
@@ -129,19 +132,46 @@ func median(xs []float64) float64 { return percentile(xs, 0.5) }
 // inserts after a backlog: both promoted and the native subscriber have
 // applied everything of the tenant before it.
 func waitRow(ctx context.Context, dstDSN string, id int64, timeout time.Duration) error {
-	deadline := time.Now().Add(timeout)
-	for time.Now().Before(deadline) {
+	return poll(ctx, dstDSN, timeout, func(conn *pgx.Conn) (bool, error) {
 		var n int64
-		if conn, err := connect(ctx, dstDSN); err == nil {
-			conn.QueryRow(ctx, "SELECT count(*) FROM customers WHERE tenant_id = 1 AND id = $1", id).Scan(&n)
-			conn.Close(ctx)
+		err := conn.QueryRow(ctx, "SELECT count(*) FROM customers WHERE tenant_id = 1 AND id = $1", id).Scan(&n)
+		return n > 0, err
+	}, fmt.Sprintf("the target did not show marker row %d within %s", id, timeout))
+}
+
+// poll asks done every 10 ms on one session of dsn (opened again if
+// lost) until it says yes: a new session at every poll would fork a
+// backend 100 times a second on the very cluster being timed.
+func poll(ctx context.Context, dsn string, timeout time.Duration, done func(*pgx.Conn) (bool, error), fail string) error {
+	deadline := time.Now().Add(timeout)
+	var conn *pgx.Conn
+	defer func() {
+		if conn != nil {
+			conn.Close(context.Background())
 		}
-		if n > 0 {
+	}()
+	for time.Now().Before(deadline) {
+		if conn == nil {
+			c, err := connect(ctx, dsn)
+			if err != nil {
+				return err
+			}
+			conn = c
+		}
+		ok, err := done(conn)
+		if err != nil {
+			if ctx.Err() != nil {
+				return ctx.Err()
+			}
+			conn.Close(context.Background())
+			conn = nil
+		}
+		if ok {
 			return nil
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
-	return fmt.Errorf("the target did not show marker row %d within %s", id, timeout)
+	return errors.New(fail)
 }
 
 var markerSeq int64

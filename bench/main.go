@@ -175,6 +175,12 @@ func run(ctx context.Context, sizeName, bin string, log *os.File) (*Report, erro
 		if pd, nd, catchRSS, err = e.drain(ctx, tenantScript, othersScript); err != nil {
 			return r, err
 		}
+		for _, d := range pd {
+			say("   promoted: %s", d)
+		}
+		for _, d := range nd {
+			say("   native: %s", d)
+		}
 	}
 	dr := func(d []drainRun) float64 {
 		return median(mapf(d, func(x drainRun) float64 { return float64(x.changes) / x.secs }))
