@@ -105,7 +105,7 @@ func decode(t *testing.T, msgs [][]byte, tbl *promoted.Table) string {
 	}
 	var b strings.Builder
 	for _, m := range msgs {
-		lm, err := pglogrepl.Parse(m)
+		lm, err := parseMessage(m)
 		if err != nil {
 			t.Fatal(err)
 		}

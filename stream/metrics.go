@@ -3,6 +3,7 @@ package stream
 import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promauto"
+	"github.com/promoted/promoted"
 )
 
 var (
@@ -28,17 +29,22 @@ var (
 
 type metrics struct {
 	bytes, txns, skipped prometheus.Counter
-	changes              *prometheus.CounterVec
-	walEnd, acked        prometheus.Gauge
+	// changes is bound per operation once: a lookup by label values for
+	// every change showed in the drain's profile.
+	changes       [promoted.Message + 1]prometheus.Counter
+	walEnd, acked prometheus.Gauge
 }
 
 func newMetrics(tenant string) *metrics {
-	return &metrics{
+	m := &metrics{
 		bytes:   receivedBytes.WithLabelValues(tenant),
 		txns:    receivedTxns.WithLabelValues(tenant),
 		skipped: skippedTxns.WithLabelValues(tenant),
-		changes: receivedChanges.MustCurryWith(prometheus.Labels{"tenant": tenant}),
 		walEnd:  sourceWALEnd.WithLabelValues(tenant),
 		acked:   ackedLSN.WithLabelValues(tenant),
 	}
+	for _, op := range []promoted.Op{promoted.Insert, promoted.Update, promoted.Delete} {
+		m.changes[op] = receivedChanges.WithLabelValues(tenant, op.String())
+	}
+	return m
 }

@@ -380,7 +380,7 @@ func (s *Stream) receive(ctx context.Context, start promoted.LSN, sink promoted.
 			}
 			s.setWALEnd(xld.ServerWALEnd)
 			s.metrics.bytes.Add(float64(len(xld.WALData)))
-			lm, err := pglogrepl.Parse(xld.WALData)
+			lm, err := parseMessage(xld.WALData)
 			if err != nil {
 				return fmt.Errorf("parse pgoutput message at %s: %w", xld.WALStart, err)
 			}
@@ -528,8 +528,8 @@ func (s *Stream) change(lm pglogrepl.Message) (*promoted.Change, error) {
 	case *pglogrepl.DeleteMessage:
 		c, err = s.filter.delete(r, m)
 	}
-	if c != nil {
-		s.metrics.changes.WithLabelValues(c.Op.String()).Inc()
+	if c != nil && int(c.Op) < len(s.metrics.changes) && s.metrics.changes[c.Op] != nil {
+		s.metrics.changes[c.Op].Inc()
 	}
 	return c, err
 }
