@@ -102,11 +102,23 @@ func itemsTable() *promoted.Table {
 		PrimaryKey: []int{0, 1}, Tenant: 0, ServerFilter: true, TenantLiteral: "7"}
 }
 
-// items is a source and a target holding tenant 7's items.
+// items is a source and a target holding tenant 7's items, both read
+// as the mover.
 type items struct {
 	src, dst *pgx.Conn
 	dstDSN   string
 	table    *promoted.Table
+}
+
+// ownedDB is a fresh database as production has it: the tables' owner
+// (the schema migrations' role) creates and fills it, and promoted's
+// least-privilege mover compares it (and, in these tests, damages it,
+// which its membership in the owning role allows). It returns the
+// owner's session, the mover's, and the mover's DSN.
+func ownedDB(t *testing.T) (owner, mover *pgx.Conn, moverDSN string) {
+	t.Helper()
+	db := cluster.NewTenantDB(t)
+	return connect(t, db.Owner, nil), connect(t, db.Mover, nil), db.Mover
 }
 
 // newItems makes tenant 7's rows 1..rows on both sides. The source also
@@ -114,18 +126,18 @@ type items struct {
 // with rows the source does not have: none of them may matter.
 func newItems(t *testing.T, rows int) *items {
 	t.Helper()
-	it := &items{table: itemsTable(), dstDSN: cluster.NewDB(t)}
-	it.src = connect(t, cluster.NewDB(t), nil)
-	it.dst = connect(t, it.dstDSN, nil)
-	mustExec(t, it.src, itemsSourceDDL)
-	mustExec(t, it.dst, itemsTargetDDL)
-	fill(t, it.src, "pool.items", 7, 1, rows)
-	fill(t, it.dst, "t7.items_moved", 7, 1, rows)
-	fill(t, it.src, "pool.items", 8, 1, rows/2)
-	fill(t, it.src, "pool.items", 70, 1, 1000)
-	fill(t, it.dst, "t7.items_moved", 9, 1, 500)
-	mustExec(t, it.src, "ANALYZE pool.items")
-	mustExec(t, it.dst, "ANALYZE t7.items_moved")
+	srcOwner, src, _ := ownedDB(t)
+	dstOwner, dst, dstDSN := ownedDB(t)
+	it := &items{table: itemsTable(), src: src, dst: dst, dstDSN: dstDSN}
+	mustExec(t, srcOwner, itemsSourceDDL)
+	mustExec(t, dstOwner, itemsTargetDDL)
+	fill(t, srcOwner, "pool.items", 7, 1, rows)
+	fill(t, dstOwner, "t7.items_moved", 7, 1, rows)
+	fill(t, srcOwner, "pool.items", 8, 1, rows/2)
+	fill(t, srcOwner, "pool.items", 70, 1, 1000)
+	fill(t, dstOwner, "t7.items_moved", 9, 1, 500)
+	mustExec(t, srcOwner, "ANALYZE pool.items")
+	mustExec(t, dstOwner, "ANALYZE t7.items_moved")
 	return it
 }
 

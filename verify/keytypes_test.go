@@ -37,17 +37,17 @@ func wordsTable() *promoted.Table {
 // target orders them differently from the source; the other tenant "acme"
 // differs from "Acme" only by case and must not matter.
 func TestTextKeysUnderAnotherCollation(t *testing.T) {
-	src := connect(t, cluster.NewDB(t), nil)
-	dst := connect(t, cluster.NewDB(t), nil)
-	mustExec(t, src, wordsSourceDDL)
-	mustExec(t, dst, wordsTargetDDL)
+	srcOwner, src, _ := ownedDB(t)
+	dstOwner, dst, _ := ownedDB(t)
+	mustExec(t, srcOwner, wordsSourceDDL)
+	mustExec(t, dstOwner, wordsTargetDDL)
 	for _, q := range []struct {
 		conn execer
 		rel  string
-	}{{src, "pool.words"}, {dst, "t7.words"}} {
+	}{{srcOwner, "pool.words"}, {dstOwner, "t7.words"}} {
 		mustExec(t, q.conn, strings.ReplaceAll(fillWords, "{rel}", q.rel), "Acme", 4000)
 	}
-	mustExec(t, src, strings.ReplaceAll(fillWords, "{rel}", "pool.words"), "acme", 500)
+	mustExec(t, srcOwner, strings.ReplaceAll(fillWords, "{rel}", "pool.words"), "acme", 500)
 	tbl := wordsTable()
 
 	res := compare(t, src, dst, Options{}, tbl)
@@ -95,8 +95,8 @@ func feelingsTable(moodOID uint32) *promoted.Table {
 }
 
 func TestUserTypeKeys(t *testing.T) {
-	conn := connect(t, cluster.NewDB(t), nil)
-	mustExec(t, conn, feelingsDDL)
+	owner, conn, _ := ownedDB(t)
+	mustExec(t, owner, feelingsDDL)
 	var oid uint32
 	if err := conn.QueryRow(context.Background(), `SELECT 'pool.mood'::regtype::oid`).Scan(&oid); err != nil || oid < 16384 {
 		t.Fatalf("mood oid %d: %v", oid, err)
@@ -130,17 +130,17 @@ func TestUserTypeKeys(t *testing.T) {
 func TestAwkwardTenantValues(t *testing.T) {
 	for _, tenant := range []string{"100%", "50%d%s", "it's", "a$$b", "$promoted$"} {
 		t.Run(tenant, func(t *testing.T) {
-			src := connect(t, cluster.NewDB(t), nil)
-			dst := connect(t, cluster.NewDB(t), nil)
-			mustExec(t, src, wordsSourceDDL)
-			mustExec(t, dst, wordsTargetDDL)
+			srcOwner, src, _ := ownedDB(t)
+			dstOwner, dst, _ := ownedDB(t)
+			mustExec(t, srcOwner, wordsSourceDDL)
+			mustExec(t, dstOwner, wordsTargetDDL)
 			for _, q := range []struct {
 				conn execer
 				rel  string
-			}{{src, "pool.words"}, {dst, "t7.words"}} {
+			}{{srcOwner, "pool.words"}, {dstOwner, "t7.words"}} {
 				mustExec(t, q.conn, strings.ReplaceAll(fillWords, "{rel}", q.rel), tenant, 300)
 			}
-			mustExec(t, src, strings.ReplaceAll(fillWords, "{rel}", "pool.words"), "other", 50)
+			mustExec(t, srcOwner, strings.ReplaceAll(fillWords, "{rel}", "pool.words"), "other", 50)
 			tbl := wordsTable()
 			tbl.TenantLiteral = tenant
 			if res := compare(t, src, dst, Options{}, tbl); !res.Equal() || res.Tables[0].SourceRows != 300 {
