@@ -69,8 +69,8 @@ func (n *native) enable(ctx context.Context, on bool) error {
 
 // applied is the end LSN of the last source transaction the subscriber
 // applied (its replication origin's progress).
-func (n *native) applied(ctx context.Context) (promoted.LSN, error) {
-	return queryLSN(ctx, n.dstDSN, `SELECT remote_lsn::text FROM pg_replication_origin_status
+func (n *native) applied(ctx context.Context, conn *pgx.Conn) (promoted.LSN, error) {
+	return lsnOn(ctx, conn, `SELECT remote_lsn::text FROM pg_replication_origin_status
 	    WHERE external_id = 'pg_' || (SELECT oid FROM pg_subscription WHERE subname = $1)`, n.name)
 }
 

@@ -200,6 +200,11 @@ func queryLSN(ctx context.Context, dsn, q string, args ...any) (promoted.LSN, er
 		return 0, err
 	}
 	defer conn.Close(ctx)
+	return lsnOn(ctx, conn, q, args...)
+}
+
+// lsnOn runs a query of one LSN (as text, or NULL for 0) on a session.
+func lsnOn(ctx context.Context, conn *pgx.Conn, q string, args ...any) (promoted.LSN, error) {
 	var s *string
 	if err := conn.QueryRow(ctx, q, args...).Scan(&s); err != nil {
 		return 0, err
@@ -367,10 +372,8 @@ func (d *daemon) peakRSS(phase string) int64 {
 	return d.rss[phase]
 }
 
-// appliedLSN reads the job's applied LSN on the target.
-func appliedLSN(ctx context.Context, dstDSN string) (promoted.LSN, error) {
-	return queryLSN(ctx, dstDSN, "SELECT max(applied_lsn)::text FROM promoted.progress")
-}
+// appliedQuery is what promoted has applied to a target.
+const appliedQuery = "SELECT max(applied_lsn)::text FROM promoted.progress"
 
 func num(m map[string]any, k string) float64 {
 	switch v := m[k].(type) {

@@ -7,6 +7,8 @@ import (
 	"sync"
 	"time"
 
+	"github.com/jackc/pgx/v5"
+
 	"github.com/promoted/promoted"
 )
 
@@ -18,9 +20,11 @@ type lagRun struct {
 }
 
 // sampleLag runs pgbench at a fixed rate for the size's load duration
-// while sampling the source's WAL position and applied(); lag in seconds
-// is how long ago the source was at the applied position.
-func (e *env) sampleLag(ctx context.Context, tenantScript, othersScript string, applied func(context.Context) (promoted.LSN, error), dstDSN string) (lagRun, error) {
+// while sampling the source's WAL position and applied() on the target,
+// every 20 ms on one session each (a session per sample would fork
+// backends on both clusters 50 times a second); lag in seconds is how
+// long ago the source was at the applied position.
+func (e *env) sampleLag(ctx context.Context, tenantScript, othersScript string, applied func(context.Context, *pgx.Conn) (promoted.LSN, error), dstDSN string) (lagRun, error) {
 	type point struct {
 		at  time.Time
 		lsn promoted.LSN
@@ -34,10 +38,37 @@ func (e *env) sampleLag(ctx context.Context, tenantScript, othersScript string, 
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
+		var src, dst *pgx.Conn
+		defer func() {
+			for _, c := range []*pgx.Conn{src, dst} {
+				if c != nil {
+					c.Close(context.Background())
+				}
+			}
+		}()
 		for sctx.Err() == nil {
+			var err error
+			if src == nil {
+				src, err = connect(sctx, e.srcDSN)
+			}
+			if dst == nil && err == nil {
+				dst, err = connect(sctx, dstDSN)
+			}
+			if err != nil {
+				time.Sleep(20 * time.Millisecond)
+				continue
+			}
 			now := time.Now()
-			cur, err1 := currentLSN(sctx, e.srcDSN)
-			a, err2 := applied(sctx)
+			cur, err1 := lsnOn(sctx, src, "SELECT pg_current_wal_lsn()::text")
+			a, err2 := applied(sctx, dst)
+			if err1 != nil {
+				src.Close(context.Background())
+				src = nil
+			}
+			if err2 != nil {
+				dst.Close(context.Background())
+				dst = nil
+			}
 			if err1 == nil && err2 == nil && a > 0 {
 				mu.Lock()
 				history = append(history, point{now, cur})
@@ -92,7 +123,9 @@ func (e *env) lag(ctx context.Context, tenantScript, othersScript string) (prom,
 		d.stop()
 		return prom, nat, err
 	}
-	prom, err = e.sampleLag(ctx, tenantScript, othersScript, func(ctx context.Context) (promoted.LSN, error) { return appliedLSN(ctx, dstDSN) }, dstDSN)
+	prom, err = e.sampleLag(ctx, tenantScript, othersScript, func(ctx context.Context, conn *pgx.Conn) (promoted.LSN, error) {
+		return lsnOn(ctx, conn, appliedQuery)
+	}, dstDSN)
 	d.stop()
 	runCancel(e.bin, e.srcMover)
 	if err != nil {
