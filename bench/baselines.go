@@ -60,7 +60,7 @@ func (e *env) psqlPipe(ctx context.Context, dstDSN string) (copyRun, error) {
 			t, tenantWhere, t)
 		argv := onCPUs(targetCPUs, "sh", "-ec", script)
 		cmd := exec.CommandContext(ctx, argv[0], argv[1:]...)
-		cmd.Env = append(os.Environ(), "PSQL="+psql, "SRC="+e.srcDSN, "DST="+dstDSN)
+		cmd.Env = append(os.Environ(), "PSQL="+psql, "SRC="+e.srcMover, "DST="+dstDSN)
 		if out, err := cmd.CombinedOutput(); err != nil {
 			return copyRun{}, fmt.Errorf("psql | psql %s: %v: %s", t, err, out)
 		}

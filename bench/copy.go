@@ -38,7 +38,7 @@ func (e *env) promotedCopy(ctx context.Context) (copyRun, string, error) {
 	}
 	defer func() {
 		d.stop()
-		exec1(context.Background(), e.srcDSN, "SELECT 1") // keep the source warm
+		exec1(context.Background(), e.srcMover, "SELECT 1") // keep the source warm
 		runCancel(e.bin, e.srcMover)
 	}()
 	line, err := d.waitLine(ctx, "snapshot copied", 30*time.Minute)
@@ -72,7 +72,7 @@ func (e *env) rawCopy(ctx context.Context, parallel bool) (copyRun, error) {
 	var total copyRun
 	counts := make([]copyRun, len(benchTables))
 	one := func(i int) error {
-		n, b, err := pipe(ctx, e.srcDSN, dstDSN, benchTables[i])
+		n, b, err := pipe(ctx, e.srcMover, dstDSN, benchTables[i])
 		counts[i] = copyRun{rows: n, bytes: b}
 		return err
 	}

@@ -7,7 +7,6 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/promoted/promoted/testenv"
@@ -43,7 +42,8 @@ type cpuSampler struct {
 	tick       float64
 	stop, done chan struct{}
 
-	mu    sync.Mutex
+	// procs is written by one sampling goroutine at a time and read by
+	// finish after the last.
 	procs map[int]*procCPU
 	idle0 float64
 }
@@ -151,7 +151,6 @@ func (s *cpuSampler) sample(first bool) {
 			title = string(bytes.TrimRight(b, "\x00"))
 			class = classify(title)
 		}
-		s.mu.Lock()
 		p := s.procs[pid]
 		if p == nil {
 			p = &procCPU{}
@@ -165,7 +164,6 @@ func (s *cpuSampler) sample(first bool) {
 			p.class = class
 		}
 		p.last = secs
-		s.mu.Unlock()
 	}
 }
 

@@ -59,7 +59,7 @@ func (e *env) cutovers(ctx context.Context) (small []sized, medium sized, err er
 	if err := pooled.SeedAsOwner(ctx, e.size.Customers/100, 10); err != nil {
 		return nil, sized{}, err
 	}
-	srcDSN := pooled.Admin
+	srcDSN := pooled.Mover // the owner of promoted's own tables resets them
 	for i := 0; i < e.size.Promotions; i++ {
 		tenant := 1
 		if i > 0 {

@@ -40,10 +40,10 @@ func (e *env) newNativeInto(ctx context.Context, copyData bool, ddl string) (*na
 	for _, t := range benchTables {
 		filtered = append(filtered, fmt.Sprintf("%s WHERE (%s)", t, tenantWhere))
 	}
-	if err := exec1(ctx, e.srcDSN, fmt.Sprintf("CREATE PUBLICATION %s FOR TABLE %s", n.name, strings.Join(filtered, ", "))); err != nil {
+	if err := exec1(ctx, e.pooled.Owner, fmt.Sprintf("CREATE PUBLICATION %s FOR TABLE %s", n.name, strings.Join(filtered, ", "))); err != nil {
 		return nil, err
 	}
-	conninfo := strings.ReplaceAll(e.srcDSN, "'", "")
+	conninfo := strings.ReplaceAll(e.srcMover, "'", "")
 	if err := exec1(ctx, dstDSN, fmt.Sprintf("CREATE SUBSCRIPTION %s CONNECTION '%s' PUBLICATION %s WITH (copy_data = %v)", n.name, conninfo, n.name, copyData)); err != nil {
 		return nil, err
 	}
@@ -76,7 +76,7 @@ func (n *native) applied(ctx context.Context, conn *pgx.Conn) (promoted.LSN, err
 
 func (n *native) drop(ctx context.Context) {
 	exec1(ctx, n.dstDSN, fmt.Sprintf("DROP SUBSCRIPTION IF EXISTS %s", n.name))
-	exec1(ctx, n.e.srcDSN, fmt.Sprintf("DROP PUBLICATION IF EXISTS %s", n.name))
+	exec1(ctx, n.e.pooled.Owner, fmt.Sprintf("DROP PUBLICATION IF EXISTS %s", n.name))
 }
 
 // drainRun is one backlog drain.
@@ -111,7 +111,7 @@ func (e *env) sampleBoth() (func() (cpuSplit, cpuSplit), error) {
 // on the moving tenant and, as many, on the others, then a marker row.
 // It returns the tenant's row changes, the WAL written and the marker.
 func (e *env) backlog(ctx context.Context, tenantScript, othersScript string) (int64, float64, int64, error) {
-	before, err := currentLSN(ctx, e.srcDSN)
+	before, err := currentLSN(ctx, e.srcMover)
 	if err != nil {
 		return 0, 0, 0, err
 	}
@@ -127,7 +127,7 @@ func (e *env) backlog(ctx context.Context, tenantScript, othersScript string) (i
 	if err != nil {
 		return 0, 0, 0, err
 	}
-	after, err := currentLSN(ctx, e.srcDSN)
+	after, err := currentLSN(ctx, e.srcMover)
 	if err != nil {
 		return 0, 0, 0, err
 	}
@@ -222,7 +222,7 @@ func (e *env) drain(ctx context.Context, tenantScript, othersScript string) (pro
 
 // counted is the tenant's bench-order row changes so far (5 per order).
 func (e *env) counted(ctx context.Context) (int64, error) {
-	conn, err := connect(ctx, e.srcDSN)
+	conn, err := connect(ctx, e.srcApp)
 	if err != nil {
 		return 0, err
 	}

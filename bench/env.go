@@ -145,14 +145,15 @@ func seedTenant(ctx context.Context, c *pgx.Conn, sz Size, t, customers, orders 
 	return nil
 }
 
-// env is a run's clusters and pooled database. srcDSN is the superuser's
-// (the baselines run as a user would run them, and the bench's own
-// bookkeeping); promoted runs as the least-privilege mover (srcMover) and
-// the load as the application's role (srcApp).
+// env is a run's clusters and pooled database. promoted, the baselines'
+// reads of the source and the bench's own probes run as the
+// least-privilege mover (srcMover), the load and its marker rows as the
+// application's role (srcApp), the native baseline's publication as the
+// tables' owner; only the targets are made as the superuser (CREATE
+// SUBSCRIPTION needs it in PostgreSQL 15).
 type env struct {
 	size              Size
 	src, dst          *testenv.Cluster
-	srcDSN            string
 	srcMover, srcApp  string
 	bin               string
 	dbs               int

@@ -98,7 +98,7 @@ func (e *env) kafkaSection(ctx context.Context, r *Report, tenantScript, othersS
 			cancel()
 			return err
 		}
-		end, err := currentLSN(ctx, e.srcDSN)
+		end, err := currentLSN(ctx, e.srcMover)
 		if err != nil {
 			cancel()
 			return err
@@ -175,7 +175,7 @@ func kcatPath() (string, error) {
 // waitSlot waits until the slot whose name starts with prefix has
 // confirmed lsn: the replica acknowledges only what the broker acknowledged.
 func (e *env) waitSlot(ctx context.Context, prefix string, lsn promoted.LSN, timeout time.Duration) error {
-	return poll(ctx, e.srcDSN, timeout, func(conn *pgx.Conn) (bool, error) {
+	return poll(ctx, e.srcMover, timeout, func(conn *pgx.Conn) (bool, error) {
 		var s *string
 		if err := conn.QueryRow(ctx, "SELECT max(confirmed_flush_lsn)::text FROM pg_replication_slots WHERE slot_name LIKE $1", prefix+"%").Scan(&s); err != nil || s == nil {
 			return false, err

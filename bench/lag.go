@@ -49,7 +49,7 @@ func (e *env) sampleLag(ctx context.Context, tenantScript, othersScript string, 
 		for sctx.Err() == nil {
 			var err error
 			if src == nil {
-				src, err = connect(sctx, e.srcDSN)
+				src, err = connect(sctx, e.srcMover)
 			}
 			if dst == nil && err == nil {
 				dst, err = connect(sctx, dstDSN)

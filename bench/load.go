@@ -58,13 +58,20 @@ type pgbenchResult struct {
 	latencies []float64 // ms, when logged
 }
 
-func (e *env) pgbench(ctx context.Context, logDir string, args ...string) (pgbenchResult, error) {
+// pgbenchArgv is the other tenants' or the moving tenant's pgbench as the
+// application's role, two clients, on the source's CPU, logging every
+// transaction into logDir when it is set.
+func (e *env) pgbenchArgv(logDir string, args ...string) []string {
 	full := append([]string{"-n", "-c", "2", "-j", "2"}, args...)
 	if logDir != "" {
 		full = append(full, "--log", "--log-prefix", filepath.Join(logDir, "pgbench_log"))
 	}
 	full = append(full, e.srcApp)
-	argv := onCPUs(sourceCPUs, append([]string{e.src.Bin("pgbench")}, full...)...)
+	return onCPUs(sourceCPUs, append([]string{e.src.Bin("pgbench")}, full...)...)
+}
+
+func (e *env) pgbench(ctx context.Context, logDir string, args ...string) (pgbenchResult, error) {
+	argv := e.pgbenchArgv(logDir, args...)
 	cmd := exec.CommandContext(ctx, argv[0], argv[1:]...)
 	cmd.Dir = os.TempDir()
 	out, err := cmd.CombinedOutput()
@@ -180,5 +187,5 @@ var markerSeq int64
 // id and returns the id.
 func (e *env) insertMarker(ctx context.Context) (int64, error) {
 	markerSeq--
-	return markerSeq, exec1(ctx, e.srcDSN, "INSERT INTO customers (tenant_id, id, email) VALUES (1, $1, 'marker@example.com')", markerSeq)
+	return markerSeq, exec1(ctx, e.srcApp, "INSERT INTO customers (tenant_id, id, email) VALUES (1, $1, 'marker@example.com')", markerSeq)
 }

@@ -102,7 +102,7 @@ func run(ctx context.Context, sizeName, bin string, log *os.File) (*Report, erro
 	if e.pooled, err = e.src.GrantTenantDB(ctx, "pooled"); err != nil {
 		return nil, err
 	}
-	e.srcDSN, e.srcMover, e.srcApp = e.pooled.Admin, e.pooled.Mover, e.pooled.App
+	e.srcMover, e.srcApp = e.pooled.Mover, e.pooled.App
 	say("seeding %d tenants of %d customers, %d orders, %d order lines each", sz.Tenants, sz.Customers, sz.Orders, sz.Lines)
 	start := time.Now()
 	if err := seed(ctx, e.pooled.Owner, sz); err != nil {

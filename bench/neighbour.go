@@ -97,8 +97,7 @@ func (e *env) duringMove(ctx context.Context, othersScript string, controlTPS fl
 	}
 	defer os.RemoveAll(dir)
 	window := 6*e.size.Load + 10*time.Second
-	argv := onCPUs(sourceCPUs, e.src.Bin("pgbench"), "-n", "-c", "2", "-j", "2", "-T", fmt.Sprint(int(window.Seconds())),
-		"-f", othersScript, "--log", "--log-prefix", filepath.Join(dir, "pgbench_log"), e.srcApp)
+	argv := e.pgbenchArgv(dir, "-T", fmt.Sprint(int(window.Seconds())), "-f", othersScript)
 	load := execCommand(argv[0], argv[1:]...)
 	load.Dir = os.TempDir()
 	if err := load.Start(); err != nil {

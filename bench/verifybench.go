@@ -22,7 +22,7 @@ func pinned(ctx context.Context, dsn string) (*pgx.Conn, error) {
 // and a sum of 64-bit hashes per table, both sides at once) on the same
 // rows. It returns rows/s of each.
 func (e *env) verifySpeed(ctx context.Context, dstDSN string) (prom, raw []float64, err error) {
-	s, err := pinned(ctx, e.srcDSN)
+	s, err := pinned(ctx, e.srcMover)
 	if err != nil {
 		return nil, nil, err
 	}

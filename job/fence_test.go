@@ -377,7 +377,7 @@ func TestOtherTenantsNeverCallTheFence(t *testing.T) {
 	release, wait := runUntilCutover(t, p)
 	// track_functions is the superuser's to set: the DBA sets it for the
 	// application's sessions in this database, which then write as usual.
-	mustExec(t, ctx, p.srcDSN, fmt.Sprintf(`ALTER ROLE %s IN DATABASE %s SET track_functions = 'pl'`,
+	mustExec(t, ctx, p.src.Admin, fmt.Sprintf(`ALTER ROLE %s IN DATABASE %s SET track_functions = 'pl'`,
 		pgx.Identifier{testenv.App}.Sanitize(), pgx.Identifier{p.src.Name}.Sanitize()))
 	calls := func(tenant int) int64 {
 		c := connectPinned(t, ctx, p.src.App)

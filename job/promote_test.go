@@ -16,8 +16,8 @@ import (
 
 // promotion is one promote run under routed load, with the times of its
 // irreversible steps as the test saw them. promoted runs as the mover and
-// the writers as the application role; srcDSN and dstDSN are the
-// superuser's, for the test's own checks.
+// the writers as the application role; srcDSN and dstDSN are the mover's
+// too, for the test's own checks: nothing they read needs more.
 type promotion struct {
 	srcDSN, dstDSN, dstSchema string
 	src, dst                  testenv.TenantDB
@@ -36,7 +36,7 @@ func newPromotion(t *testing.T, second bool) *promotion {
 	if second {
 		p.dst, p.dstSchema = dst.NewTenantDB(t), "public"
 	}
-	p.srcDSN, p.dstDSN = p.src.Admin, p.dst.Admin
+	p.srcDSN, p.dstDSN = p.src.Mover, p.dst.Mover
 	p.router = &testenv.Router{CatalogDSN: p.src.App, Default: p.src.App, DSN: func(loc string) string {
 		if loc == Redact(p.dst.Mover) {
 			return p.dst.App
